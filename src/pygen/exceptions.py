@@ -1,0 +1,196 @@
+"""Every error pygen raises, in one table (SPEC §6).
+
+Each class derives from :class:`PygenError` and, where one fits, from the builtin a
+Python user would catch (``GetTimeoutError`` is a ``TimeoutError``,
+``ObjectStoreFullError`` a ``MemoryError``).  Ray users port code by renaming:
+
+    RayError -> PygenError            RayTaskError -> TaskError
+    RayActorError -> ActorDiedError   (the other names are the same)
+
+Errors cross process boundaries by pickling, so every class keeps the arguments it
+needs in ``args``-compatible attributes and defines ``__reduce__`` where its
+constructor takes more than a message.
+"""
+from __future__ import annotations
+
+import traceback
+from typing import Any, Optional
+
+__all__ = [
+    "PygenError",
+    "TaskError",
+    "WorkerCrashedError",
+    "OutOfMemoryError",
+    "ActorDiedError",
+    "TaskCancelledError",
+    "GetTimeoutError",
+    "ObjectLostError",
+    "ObjectStoreFullError",
+    "InconsistentRetryError",
+    "ObjectStoreError",
+    "ObjectNotFoundError",
+    "ObjectExistsError",
+    "ObjectNotSealedError",
+    "RemoteExceptionInfo",
+]
+
+
+class PygenError(Exception):
+    """Base of every pygen error."""
+
+
+class WorkerCrashedError(PygenError):
+    """The worker process died while running the task (exit, signal, segfault)."""
+
+
+class OutOfMemoryError(WorkerCrashedError):
+    """The worker was killed because its private memory passed its limit."""
+
+
+class ActorDiedError(PygenError):
+    """The actor is dead; the message says why."""
+
+
+class TaskCancelledError(PygenError):
+    """The task was cancelled with ``pygen.cancel``."""
+
+
+class GetTimeoutError(PygenError, TimeoutError):
+    """``get`` (or ``next`` on a generator with a timeout) ran out of time."""
+
+
+class ObjectLostError(PygenError):
+    """The object's data is gone and cannot be rebuilt."""
+
+
+class ObjectStoreError(PygenError):
+    """The object store refused an operation for a reason other than space."""
+
+
+class ObjectNotFoundError(ObjectStoreError, KeyError):
+    """No object with this id is in the store."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ObjectExistsError(ObjectStoreError):
+    """An object with this id was already created."""
+
+
+class ObjectNotSealedError(ObjectStoreError):
+    """The object exists but its writer has not sealed it yet."""
+
+
+class ObjectStoreFullError(PygenError, MemoryError):
+    """No room in the object store, even after spilling.
+
+    ``requested`` and ``available`` are byte counts (``available`` is the largest
+    block that could have been handed out, when the store knows it).
+    """
+
+    def __init__(self, message: str, requested: Optional[int] = None,
+                 available: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.requested = requested
+        self.available = available
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.requested, self.available))
+
+
+class InconsistentRetryError(PygenError):
+    """A re-executed generator yielded fewer items than were already handed out."""
+
+
+class RemoteExceptionInfo(Exception):
+    """Stands in for an exception that could not be pickled in the worker.
+
+    It carries what survives: the original type's qualified name and its message.
+    """
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+
+    def __reduce__(self):
+        return (type(self), (self.type_name, self.message))
+
+
+class TaskError(PygenError):
+    """The task raised.  ``cause`` is the original exception.
+
+    ``str()`` holds the remote traceback.  What ``get`` raises is built by
+    :meth:`as_instanceof_cause`, so it is also an instance of the cause's class:
+    ``except ValueError`` catches a remote ``ValueError``.
+    """
+
+    def __init__(self, function_name: str, traceback_str: str, cause: BaseException,
+                 pid: Optional[int] = None) -> None:
+        self.function_name = function_name
+        self.traceback_str = traceback_str
+        self.cause = cause
+        self.pid = pid
+        super().__init__(function_name, traceback_str, cause, pid)
+
+    def __reduce__(self):
+        return (TaskError, (self.function_name, self.traceback_str, self.cause, self.pid))
+
+    def __str__(self) -> str:
+        where = f" (pid={self.pid})" if self.pid is not None else ""
+        return (f"{type(self.cause).__name__} in task {self.function_name}{where}\n"
+                f"{self.traceback_str.rstrip()}")
+
+    @classmethod
+    def from_exception(cls, function_name: str, exc: BaseException,
+                       pid: Optional[int] = None) -> "TaskError":
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return cls(function_name, tb, exc, pid)
+
+    def as_instanceof_cause(self) -> "TaskError":
+        """A TaskError that is also an instance of ``type(self.cause)``."""
+        cause_cls = type(self.cause)
+        if isinstance(self.cause, TaskError):
+            return self.cause.as_instanceof_cause()
+        if issubclass(TaskError, cause_cls):  # Exception, BaseException, PygenError
+            return self
+        derived = _dual_class(cause_cls)
+        if derived is None:
+            return self
+        err = derived.__new__(derived)
+        TaskError.__init__(err, self.function_name, self.traceback_str, self.cause, self.pid)
+        return err
+
+
+_DUAL_CLASSES: dict = {}
+
+
+def _dual_class(cause_cls: type) -> Optional[type]:
+    """``class TaskError(<cause>)(TaskError, cause_cls)``, cached; None if impossible."""
+    if cause_cls in _DUAL_CLASSES:
+        return _DUAL_CLASSES[cause_cls]
+
+    def __getattr__(self, name: str) -> Any:
+        # Attributes of the original exception (e.g. ``errno``) read through.
+        cause = self.__dict__.get("cause")
+        if cause is None:
+            raise AttributeError(name)
+        return getattr(cause, name)
+
+    try:
+        derived = type(
+            f"TaskError({cause_cls.__name__})",
+            (TaskError, cause_cls),
+            {
+                "__init__": TaskError.__init__,
+                "__str__": TaskError.__str__,
+                "__reduce__": TaskError.__reduce__,
+                "__getattr__": __getattr__,
+                "__module__": __name__,
+            },
+        )
+    except TypeError:  # final class or incompatible layout (e.g. some C extensions)
+        derived = None
+    _DUAL_CLASSES[cause_cls] = derived
+    return derived
