@@ -1,0 +1,72 @@
+"""The client of this process: the one object refs and generators talk to.
+
+Set once at start-up: in the driver by ``pygen.init`` (the in-process node's client),
+in a worker by the worker's main loop (a client that sends messages to the node).
+Everything in the shared-types floor (``ObjectRef``, the generators, ``api``) reaches
+the runtime only through the methods of :class:`Client`, never by importing the node.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+try:
+    from typing import Protocol
+except ImportError:  # Python < 3.8
+    Protocol = object  # type: ignore
+
+
+class Client(Protocol):
+    """What a process can ask of the runtime.  Object ids are 20-byte ``bytes``."""
+
+    is_worker: bool
+    closed: bool
+
+    # reference counting: add is synchronous; remove may run inside __del__ on any thread
+    def add_ref(self, oid: bytes, registered: bool = False) -> None: ...
+    def remove_ref(self, oid: bytes) -> None: ...
+
+    # objects
+    def put(self, value: Any) -> bytes: ...
+    def get(self, oids: Sequence[bytes], timeout: Optional[float]) -> List[Any]: ...
+    def wait(self, oids: Sequence[bytes], streams: Sequence[bytes], num_returns: int,
+             timeout: Optional[float]) -> Tuple[List[bytes], List[bytes]]: ...
+    def on_ready(self, oid: bytes, callback: Callable[[], None]) -> None: ...
+
+    # tasks
+    def submit(self, spec: Any) -> None: ...
+    def cancel(self, oid: bytes, force: bool, recursive: bool) -> None: ...
+
+    # streams (a streaming generator's items, by its task id)
+    def stream_next(self, task_id: bytes, timeout: Optional[float]) -> Optional[bytes]: ...
+    def stream_close(self, task_id: bytes) -> None: ...
+
+
+_current: Optional[Client] = None
+_lock = threading.RLock()
+
+
+def current() -> Optional[Client]:
+    """The client of this process, or None before ``init``."""
+    return _current
+
+
+def set_current(client: Optional[Client]) -> None:
+    global _current
+    _current = client
+
+
+def ensure() -> Client:
+    """The client of this process, initialising pygen with defaults in a driver."""
+    client = _current
+    if client is not None and not client.closed:
+        return client
+    with _lock:
+        client = _current
+        if client is None or client.closed:
+            from . import api  # late: api imports this module
+
+            api.init()
+            client = _current
+        assert client is not None
+        return client
