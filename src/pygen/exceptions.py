@@ -163,6 +163,11 @@ class TaskError(PygenError):
         return err
 
 
+def raisable(err: BaseException) -> BaseException:
+    """What ``get`` raises for a stored error: a ``TaskError`` that is also its cause's class."""
+    return err.as_instanceof_cause() if isinstance(err, TaskError) else err
+
+
 _DUAL_CLASSES: dict = {}
 
 

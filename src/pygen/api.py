@@ -1,0 +1,246 @@
+"""The public functions: init, shutdown, remote, put, get, wait, cancel."""
+from __future__ import annotations
+
+import atexit
+import inspect
+import numbers
+import os
+import threading
+from typing import Any, List, Optional, Sequence, Tuple, Union
+
+from . import context, ids, options
+from .generators import ObjectRefGenerator
+from .object_ref import ObjectRef
+
+__all__ = ["init", "shutdown", "is_initialized", "remote", "put", "get", "wait", "cancel"]
+
+_lock = threading.RLock()
+_atexit_registered = False
+
+# Smallest arena worth starting: room for the object table and a few large values.
+MIN_OBJECT_STORE_MEMORY = 16 * 2**20
+# Share of RAM the arena takes by default (as Ray does), bounded by /dev/shm's free space.
+DEFAULT_STORE_FRACTION = 0.30
+SHM_DIR = "/dev/shm"
+
+
+def _in_worker() -> bool:
+    client = context.current()
+    return (client is not None and client.is_worker) or "PYGEN_WORKER_ID" in os.environ
+
+
+def _shm_free() -> int:
+    st = os.statvfs(SHM_DIR)
+    return st.f_bavail * st.f_frsize
+
+
+def _default_store_size() -> int:
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return max(MIN_OBJECT_STORE_MEMORY, min(int(ram * DEFAULT_STORE_FRACTION),
+                                           int(_shm_free() * 0.9)))
+
+
+def init(num_cpus: Optional[float] = None, object_store_memory: Optional[int] = None, *,
+         worker_memory_limit: Optional[int] = None, spill_dir: Optional[str] = None,
+         ignore_reinit_error: bool = False, log_to_driver: bool = True) -> None:
+    """Start pygen: the object store, the node and ``num_cpus`` worker processes.
+
+    Inside a worker this does nothing (a module that calls it at import time is fine).
+    """
+    global _atexit_registered
+    if _in_worker():
+        return
+    with _lock:
+        client = context.current()
+        if client is not None and not client.closed:
+            if ignore_reinit_error:
+                return
+            raise RuntimeError("pygen.init() was already called; call pygen.shutdown() first, "
+                               "or pass ignore_reinit_error=True")
+        if num_cpus is None:
+            num_cpus = float(os.cpu_count() or 1)
+        elif isinstance(num_cpus, bool) or not isinstance(num_cpus, numbers.Real):
+            raise TypeError(f"num_cpus must be a number, got {type(num_cpus).__name__}")
+        elif num_cpus < 0:
+            raise ValueError(f"num_cpus must be >= 0, got {num_cpus}")
+        size = _store_size(object_store_memory)
+        if worker_memory_limit is not None:
+            options.TASK_OPTIONS["memory"][1]("worker_memory_limit", worker_memory_limit)
+        if spill_dir is not None and not os.path.isdir(spill_dir):
+            raise ValueError(f"spill_dir {spill_dir!r} is not a directory")
+
+        from . import _store
+        from .core.driver_client import DriverClient
+        from .core.node import Node
+
+        store = _store.Store.create(size)
+        store.unlink()  # from now on only descriptors keep the arena: nothing can be left behind
+        node = Node(float(num_cpus), store, worker_memory_limit=worker_memory_limit,
+                    spill_dir=spill_dir, log_to_driver=log_to_driver)
+        node.start()
+        context.set_current(DriverClient(node))
+        if not _atexit_registered:
+            atexit.register(shutdown)
+            _atexit_registered = True
+
+
+def _store_size(requested: Optional[int]) -> int:
+    free = _shm_free()
+    if requested is None:
+        return _default_store_size()
+    if isinstance(requested, bool) or not isinstance(requested, numbers.Integral):
+        raise TypeError(f"object_store_memory must be an int (bytes), "
+                        f"got {type(requested).__name__}")
+    if requested < MIN_OBJECT_STORE_MEMORY:
+        raise ValueError(f"object_store_memory must be at least {MIN_OBJECT_STORE_MEMORY} bytes, "
+                         f"got {requested}")
+    if requested > free:
+        raise ValueError(
+            f"object_store_memory={requested} bytes does not fit in {SHM_DIR}, which has "
+            f"{free} bytes free: pass a smaller object_store_memory (at most {free}), or make "
+            f"{SHM_DIR} larger (e.g. `mount -o remount,size=<bytes> {SHM_DIR}`, or "
+            f"`--shm-size` for a container)")
+    return int(requested)
+
+
+def shutdown() -> None:
+    """Stop the workers and remove the store; a later ``init`` starts afresh."""
+    if _in_worker():
+        return
+    with _lock:
+        client = context.current()
+        if client is None:
+            return
+        client.close()
+        context.set_current(None)
+        node = client.node  # type: ignore[attr-defined]
+        node.shutdown()
+        node.store.close()
+
+
+def is_initialized() -> bool:
+    client = context.current()
+    return client is not None and not client.closed
+
+
+def remote(*args: Any, **kwargs: Any) -> Any:
+    """``@remote`` or ``@remote(**options)`` on a function (a task) or a class (an actor)."""
+    from .remote_function import RemoteFunction
+
+    def make(target: Any, opts: dict) -> Any:
+        if inspect.isclass(target):
+            raise NotImplementedError("actors (@pygen.remote on a class) are not available yet")
+        if not callable(target):
+            raise TypeError(f"@pygen.remote needs a function or a class, got {target!r}")
+        checked = options.validate(options.TASK_OPTIONS, opts,
+                                   f"task {getattr(target, '__name__', target)}")
+        return RemoteFunction(target, checked)
+
+    if len(args) == 1 and not kwargs and callable(args[0]):
+        return make(args[0], {})
+    if args:
+        raise TypeError("@pygen.remote takes options as keywords only, e.g. "
+                        "@pygen.remote(num_returns=2)")
+    return lambda target: make(target, kwargs)
+
+
+def put(value: Any) -> ObjectRef:
+    """Store ``value`` and return a ref to it."""
+    if isinstance(value, ObjectRef):
+        raise TypeError("pygen.put() of an ObjectRef is not allowed: pass the ref itself, "
+                        "or put a container that holds it (e.g. [ref])")
+    client = context.ensure()
+    return ObjectRef(client.put(value), _registered=True, _client=client)
+
+
+def _check_timeout(timeout: Optional[float]) -> None:
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise TypeError(f"timeout must be a number of seconds or None, got {type(timeout).__name__}")
+    if timeout < 0:
+        raise ValueError(f"timeout must be >= 0, got {timeout}")
+
+
+def get(refs: Union[ObjectRef, Sequence[ObjectRef]], *, timeout: Optional[float] = None) -> Any:
+    """The value of a ref, or the values of a list of refs; raises a task's error."""
+    _check_timeout(timeout)
+    if isinstance(refs, ObjectRef):
+        return refs._live_client().get([refs.binary()], timeout)[0]
+    if isinstance(refs, (ObjectRefGenerator,)):
+        raise TypeError("pygen.get() does not take an ObjectRefGenerator: iterate it "
+                        "(for ref in gen: pygen.get(ref)) or wait for the task with "
+                        "pygen.get(gen.completed())")
+    if not isinstance(refs, (list, tuple)):
+        raise TypeError(f"pygen.get() takes an ObjectRef or a list of ObjectRefs, "
+                        f"got {type(refs).__name__}")
+    for i, ref in enumerate(refs):
+        if isinstance(ref, ObjectRefGenerator):
+            raise TypeError(f"pygen.get() got an ObjectRefGenerator at index {i}: iterate it, "
+                            f"or use gen.completed() to wait for its task")
+        if not isinstance(ref, ObjectRef):
+            raise TypeError(f"pygen.get() takes ObjectRefs, got {type(ref).__name__} at index {i}")
+    if not refs:
+        return []
+    client = refs[0]._live_client()
+    return client.get([r.binary() for r in refs], timeout)
+
+
+def wait(refs: Sequence[Union[ObjectRef, ObjectRefGenerator]], *, num_returns: int = 1,
+         timeout: Optional[float] = None, fetch_local: bool = True
+         ) -> Tuple[List[Any], List[Any]]:
+    """(ready, not_ready), both in input order; a generator is ready when ``next`` would not block.
+
+    ``ready`` holds at most ``num_returns`` entries.  ``fetch_local`` is accepted for
+    compatibility: on one machine every object is local.
+    """
+    _check_timeout(timeout)
+    if isinstance(refs, (ObjectRef, ObjectRefGenerator)) or not isinstance(refs, (list, tuple)):
+        raise TypeError("pygen.wait() takes a list of ObjectRefs and ObjectRefGenerators")
+    if isinstance(num_returns, bool) or not isinstance(num_returns, numbers.Integral):
+        raise TypeError(f"num_returns must be an int, got {type(num_returns).__name__}")
+    if num_returns < 1:
+        raise ValueError(f"num_returns must be >= 1, got {num_returns}")
+    if num_returns > len(refs):
+        raise ValueError(f"num_returns={num_returns} is larger than the number of refs "
+                         f"given ({len(refs)})")
+    keys = []
+    for i, ref in enumerate(refs):
+        if isinstance(ref, ObjectRef):
+            keys.append(ref.binary())
+        elif isinstance(ref, ObjectRefGenerator):
+            keys.append(ref._stream_key())
+        else:
+            raise TypeError(f"pygen.wait() takes ObjectRefs and ObjectRefGenerators, "
+                            f"got {type(ref).__name__} at index {i}")
+    if len(set(keys)) != len(keys):
+        raise ValueError("pygen.wait() got the same ref more than once")
+    client = context.ensure()
+    flags = client.wait(keys, num_returns, timeout)
+    ready, not_ready = [], []
+    for ref, ok in zip(refs, flags):
+        if ok and len(ready) < num_returns:
+            ready.append(ref)
+        else:
+            not_ready.append(ref)
+    return ready, not_ready
+
+
+def cancel(ref: Union[ObjectRef, ObjectRefGenerator], *, force: bool = False,
+           recursive: bool = True) -> None:
+    """Cancel the task behind ``ref``: see SPEC §2 (queued: never runs; running:
+    ``TaskCancelledError`` raised inside it; ``force``: its worker is killed)."""
+    if isinstance(ref, ObjectRefGenerator):
+        key = ref._stream_key()
+        client = ref._client()
+    elif isinstance(ref, ObjectRef):
+        key = ref.binary()
+        client = ref._live_client()
+    else:
+        raise TypeError(f"pygen.cancel() takes an ObjectRef or ObjectRefGenerator, "
+                        f"got {type(ref).__name__}")
+    if ids.kind_of(key) == ids.KIND_PUT:
+        return  # a put has no task
+    client.cancel(key, bool(force), bool(recursive))
+
+

@@ -1,0 +1,188 @@
+"""The client of the driver process: calls into the in-process node directly.
+
+Waiting (``get``, ``wait``, ``next``) spins before it sleeps, and while it spins it
+polls the node's sockets itself (``Reactor.poll(0)``): the result of a short task is
+read by the very thread that wants it, with no thread wake-up in between.  After the
+spin it sleeps on an ``Event`` that the node's I/O thread sets.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable, List, Optional, Sequence
+
+from .. import ids, serialization
+from ..exceptions import GetTimeoutError, ObjectLostError, ObjectStoreFullError, raisable
+from .node import Node
+from .objects import DRIVER
+from .transport import SPIN_SECONDS
+
+
+class _Waiter:
+    """Counts down readiness events; its ``event`` is set when enough have happened."""
+
+    __slots__ = ("need", "event", "_lock")
+
+    def __init__(self, need: int) -> None:
+        self.need = need
+        self.event = threading.Event()
+        self._lock = threading.Lock()
+        if need <= 0:
+            self.event.set()
+
+    def fire(self) -> None:
+        with self._lock:
+            self.need -= 1
+            if self.need <= 0:
+                self.event.set()
+
+
+class DriverClient:
+    is_worker = False
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.store = node.store
+        self.closed = False
+
+    # -- reference counting --------------------------------------------------------------------
+    def add_ref(self, oid: bytes, registered: bool = False) -> None:
+        self.node.driver_add_ref(oid, registered)
+
+    def remove_ref(self, oid: bytes) -> None:
+        if not self.closed:
+            self.node.driver_remove_ref(oid)
+
+    # -- waiting ----------------------------------------------------------------------------------------
+    def _block(self, event: threading.Event, deadline: Optional[float]) -> bool:
+        """Wait for ``event``; poll the node ourselves during the spin.  False on timeout."""
+        if event.is_set():
+            return True
+        poll = self.node.reactor.poll
+        spin_end = time.perf_counter() + SPIN_SECONDS
+        while not event.is_set():
+            if time.perf_counter() < spin_end:
+                poll(0)
+                continue
+            if deadline is None:
+                event.wait()
+            else:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return event.is_set()
+                event.wait(left)
+        return True
+
+    @staticmethod
+    def _deadline(timeout: Optional[float]) -> Optional[float]:
+        return None if timeout is None else time.monotonic() + timeout
+
+    # -- objects -------------------------------------------------------------------------------------------
+    def store_value(self, sv: serialization.SerializedValue, oid: bytes) -> None:
+        try:
+            sv.write_to(self.store, oid)
+        except ObjectStoreFullError:
+            if not self.node.make_room(sv.total_size):
+                raise
+            sv.write_to(self.store, oid)
+
+    def encode(self, value: Any, oid: bytes) -> "tuple[tuple, list]":
+        sv = serialization.serialize(value)
+        if sv.total_size < serialization.INLINE_THRESHOLD:
+            return (sv.flags, sv.to_bytes(), sv.total_size), sv.contained_refs
+        self.store_value(sv, oid)
+        return (sv.flags, None, sv.total_size), sv.contained_refs
+
+    def put(self, value: Any) -> bytes:
+        oid = ids.put_id()
+        payload, contained = self.encode(value, oid)
+        self.node.put(oid, payload, contained, DRIVER)
+        return oid
+
+    def get(self, oids: Sequence[bytes], timeout: Optional[float]) -> List[Any]:
+        node = self.node
+        deadline = self._deadline(timeout)
+        with node.lock:
+            waiter = _Waiter(sum(1 for o in oids if not node.is_ready(o)))
+            if waiter.need > 0:
+                for oid in oids:
+                    if not node.is_ready(oid):
+                        node.on_ready(oid, waiter.fire)
+        node._run_callbacks()
+        if not self._block(waiter.event, deadline):
+            raise GetTimeoutError(f"get timed out after {timeout} s "
+                                  f"({waiter.need} of {len(oids)} objects not ready)")
+        values = []
+        for oid in oids:
+            flags, value = self._read(oid)
+            if flags & serialization.FLAG_ERROR:
+                raise raisable(value)
+            values.append(value)
+        return values
+
+    def _read(self, oid: bytes) -> "tuple[int, Any]":
+        node = self.node
+        with node.lock:
+            payload = node.payload_for_reading(oid)
+            buf = None
+            if payload[1] is None:
+                # pinned under the lock, so a concurrent spill cannot take it away
+                buf = self.store.get(oid, timeout=0.0)
+                if buf is None:
+                    raise ObjectLostError(f"object {oid.hex()} vanished from the object store")
+        if buf is not None:
+            return serialization.deserialize(buf)
+        return serialization.deserialize(payload[1])
+
+    def wait(self, keys: Sequence[bytes], num_returns: int, timeout: Optional[float]) -> List[bool]:
+        node = self.node
+        deadline = self._deadline(timeout)
+        with node.lock:
+            ready = [node.is_ready(k) for k in keys]
+            waiter = _Waiter(num_returns - sum(ready))
+            if waiter.need > 0:
+                for key, ok in zip(keys, ready):
+                    if not ok:
+                        node.on_ready(key, waiter.fire)
+        node._run_callbacks()
+        self._block(waiter.event, deadline)
+        with node.lock:
+            return [node.is_ready(k) for k in keys]
+
+    def on_ready(self, oid: bytes, callback: Callable[[], None]) -> None:
+        with self.node.lock:
+            self.node.on_ready(oid, callback)
+        self.node._run_callbacks()
+
+    # -- tasks --------------------------------------------------------------------------------------------
+    def register_function(self, fn_id: bytes, blob: bytes) -> None:
+        self.node.functions.setdefault(fn_id, blob)
+
+    def submit(self, spec: Any) -> None:
+        self.node.submit(spec, DRIVER)
+
+    def cancel(self, oid: bytes, force: bool, recursive: bool) -> None:
+        self.node.cancel(oid, force, recursive)
+
+    # -- streams ---------------------------------------------------------------------------------------
+    def stream_next(self, task_id: bytes, timeout: Optional[float]) -> Optional[bytes]:
+        node = self.node
+        deadline = self._deadline(timeout)
+        key = ids.stream_id(task_id)
+        while True:
+            with node.lock:
+                done, oid = node.stream_take(task_id, DRIVER)
+                if done:
+                    return oid
+                waiter = _Waiter(1)
+                node.on_ready(key, waiter.fire)
+            node._run_callbacks()
+            if not self._block(waiter.event, deadline):
+                raise GetTimeoutError(f"no item within {timeout} s")
+
+    def stream_close(self, task_id: bytes) -> None:
+        self.node.stream_close(task_id)
+
+    def close(self) -> None:
+        self.closed = True
+

@@ -1,0 +1,386 @@
+"""Runs tasks inside a worker process and reports what they produce.
+
+    EXEC --> load function --> resolve arguments --> call
+        plain value        --> RESULT (every return at once)
+        coroutine          --> run on the worker's event loop, then as above
+        generator / async  --> per yield: serialize (the value is captured now), store,
+        generator              report ITEM, drop the value; then END with the return
+                               value or the error
+
+Everything a generator produces is a task return that arrives early: the node maps
+item i to return i (``num_returns=k``) or to a new item ref (streaming, dynamic).
+
+Between two yields the executor reads the control channel without blocking: a CLOSE
+closes the generator at its ``yield`` (its ``finally`` runs), a CANCEL ends it with
+``TaskCancelledError``, and with ``generator_backpressure=N`` it waits at the ``yield``
+while N items are produced but not yet taken by the caller.
+
+Cancellation of running code: the node sends CANCEL and then SIGUSR2.  The signal
+interrupts blocking calls (``time.sleep``); its handler raises ``TaskCancelledError`` in
+the task's own code, but never inside the runtime's (there the request loop sees the
+CANCEL and raises at a safe point).
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import pickle
+import signal
+import threading
+from typing import Any, Dict, List, Optional, Tuple
+
+import cloudpickle
+
+from .. import ids, serialization
+from ..exceptions import (InconsistentRetryError, RemoteExceptionInfo, TaskCancelledError,
+                          TaskError)
+from . import output, protocol
+from .protocol import DepArg
+from .worker_client import WorkerClient
+
+
+class Running:
+    """The task this worker is executing now."""
+
+    __slots__ = ("task_id", "attempt", "name", "kind", "num_returns", "skip", "backpressure",
+                 "retry_exceptions", "in_user", "async_task", "cancelled")
+
+    def __init__(self, msg: tuple) -> None:
+        (_, self.task_id, self.attempt, _fn_id, _blob, self.name, _args, _deps, self.kind,
+         self.num_returns, self.skip, self.backpressure, retry_exc) = msg[:13]
+        self.retry_exceptions = retry_exc
+        self.in_user = False
+        self.async_task: Optional[asyncio.Task] = None
+        self.cancelled = False
+
+
+class Executor:
+    def __init__(self, client: WorkerClient) -> None:
+        self.client = client
+        self.pid = os.getpid()
+        self.functions: Dict[bytes, Any] = {}
+        self.current: Optional[Running] = None
+        self.cancelled: set = set()
+        self.closing: set = set()
+        self.acks: Dict[bytes, int] = {}
+        self.exiting = False
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        client.on_control = self.on_control
+        client.check_cancelled = self.check_cancelled
+
+    # -- control messages -----------------------------------------------------------------
+    def on_control(self, msg: tuple) -> None:
+        kind = msg[0]
+        if kind == protocol.EXEC:
+            self.client.inbox.append(msg)
+        elif kind == protocol.CANCEL:
+            self.cancelled.add(msg[1])
+        elif kind == protocol.ACK:
+            if msg[2] > self.acks.get(msg[1], 0):
+                self.acks[msg[1]] = msg[2]
+        elif kind == protocol.CLOSE:
+            self.closing.add(msg[1])
+        elif kind == protocol.EXIT:
+            self.exiting = True
+
+    def check_cancelled(self) -> None:
+        """Raise ``TaskCancelledError`` if the running task was cancelled."""
+        state = self.current
+        if state is not None and state.task_id in self.cancelled and not state.cancelled:
+            state.cancelled = True
+            raise TaskCancelledError(f"task {state.name} was cancelled")
+
+    def on_cancel_signal(self, signum: int, frame: Any) -> None:
+        client = self.client
+        if client._reader.acquire(blocking=False):
+            try:
+                client.read_available()
+            finally:
+                client._reader.release()
+        state = self.current
+        if state is None or state.task_id not in self.cancelled:
+            return
+        if state.async_task is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(state.async_task.cancel)
+        elif state.in_user and client.busy == 0 and not state.cancelled:
+            state.cancelled = True
+            raise TaskCancelledError(f"task {state.name} was cancelled")
+
+    # -- the loop -----------------------------------------------------------------------------
+    def serve_forever(self) -> None:
+        inbox = self.client.inbox
+        while not self.exiting:
+            if inbox:
+                self.execute(inbox.popleft())
+                continue
+            self.client.flush_refs()
+            self.client.pump(1.0)
+
+    def execute(self, msg: tuple) -> None:
+        state = Running(msg)
+        self.current = state
+        output.set_task_name(state.name)
+        try:
+            self._execute(state, msg)
+        finally:
+            self.current = None
+            self.cancelled.discard(state.task_id)
+            self.closing.discard(state.task_id)
+            self.acks.pop(state.task_id, None)
+
+    def _execute(self, state: Running, msg: tuple) -> None:
+        fn_id, blob, args_payload, deps = msg[3], msg[4], msg[6], msg[7]
+        try:
+            fn = self.functions.get(fn_id)
+            if fn is None:
+                fn = self.functions[fn_id] = cloudpickle.loads(blob)
+            args, kwargs = self._resolve_args(state.task_id, args_payload, deps)
+        except BaseException as exc:
+            self._fail(state, exc)
+            return
+        try:
+            state.in_user = True
+            try:
+                self.check_cancelled()
+                result = fn(*args, **kwargs)
+                del args, kwargs
+                if inspect.iscoroutine(result):
+                    result = self._run_coroutine(state, result)
+            finally:
+                state.in_user = False
+        except BaseException as exc:
+            self._fail(state, exc)
+            return
+        if inspect.isgenerator(result) or inspect.isasyncgen(result):
+            self._run_generator(state, result)
+        elif state.kind != protocol.RETURNS_STATIC:
+            kind = "streaming" if state.kind == protocol.RETURNS_STREAMING else "dynamic"
+            self._fail(state, TypeError(
+                f"num_returns={kind!r} needs a generator function, but {state.name} "
+                f"returned {type(result).__name__}"))
+        else:
+            self._finish_static(state, result)
+
+    def _resolve_args(self, task_id: bytes, payload: tuple, deps: List[tuple]) -> Tuple[list, dict]:
+        _, (args, kwargs) = self.client.decode(ids.args_id(task_id), payload)
+        if deps:
+            values = [self.client.decode(oid, dep_payload)[1] for oid, dep_payload in deps]
+            args = [values[a.index] if type(a) is DepArg else a for a in args]
+            kwargs = {k: values[v.index] if type(v) is DepArg else v for k, v in kwargs.items()}
+        return args, kwargs
+
+    def _run_coroutine(self, state: Running, coro: Any) -> Any:
+        loop = self._event_loop()
+        task = state.async_task = loop.create_task(coro)
+        try:
+            return loop.run_until_complete(task)
+        except asyncio.CancelledError:
+            raise TaskCancelledError(f"task {state.name} was cancelled") from None
+        finally:
+            state.async_task = None
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self._loop)
+        return self._loop
+
+    # -- results -------------------------------------------------------------------------------
+    def _finish_static(self, state: Running, result: Any) -> None:
+        k = state.num_returns
+        if k == 0:
+            values: Any = []
+        elif k == 1:
+            values = [result]
+        else:
+            try:
+                values = list(result)
+            except TypeError:
+                values = None
+            if values is None or len(values) != k:
+                got = "a non-sequence" if values is None else f"{len(values)} values"
+                self._fail(state, ValueError(
+                    f"task {state.name} has num_returns={k} but returned {got}"))
+                return
+        returns = []
+        try:
+            for i, value in enumerate(values):
+                payload, contained = self.client.encode(value, ids.return_id(state.task_id, i))
+                returns.append((i, payload, contained))
+        except BaseException as exc:  # e.g. an unpicklable return value
+            self._fail(state, exc)
+            return
+        del values, result
+        self.client.send((protocol.RESULT, state.task_id, state.attempt, returns, False))
+
+    def _error_payload(self, state: Running, exc: BaseException) -> Tuple[tuple, bool]:
+        """Encode the error for ``exc`` (always inline) and whether it may be retried."""
+        if isinstance(exc, TaskCancelledError) and state.cancelled:
+            err: BaseException = exc
+            retryable = False
+        elif isinstance(exc, (TaskError, InconsistentRetryError)):
+            err, retryable = exc, False
+        else:
+            err = TaskError.from_exception(state.name, exc, self.pid)
+            retryable = _matches(state.retry_exceptions, exc)
+        try:
+            sv = serialization.serialize(err, error=True)
+        except Exception:
+            # the exception cannot be pickled: keep its type, message and traceback
+            stand_in = RemoteExceptionInfo(f"{type(exc).__module__}.{type(exc).__qualname__}",
+                                           str(exc))
+            tb = err.traceback_str if isinstance(err, TaskError) else ""
+            sv = serialization.serialize(TaskError(state.name, tb, stand_in, self.pid), error=True)
+        return (sv.flags, sv.to_bytes(), sv.total_size), retryable
+
+    def _fail(self, state: Running, exc: BaseException) -> None:
+        payload, retryable = self._error_payload(state, exc)
+        if state.kind == protocol.RETURNS_STATIC:
+            returns = [(i, payload, []) for i in range(state.num_returns)]
+            self.client.send((protocol.RESULT, state.task_id, state.attempt, returns, retryable))
+        else:
+            end = protocol.END_CANCELLED if state.cancelled else protocol.END_RAISED
+            self.client.send((protocol.END, state.task_id, state.attempt, 0, payload, [],
+                              retryable, end))
+
+    # -- generators ------------------------------------------------------------------------------
+    def _run_generator(self, state: Running, gen: Any) -> None:
+        is_async = inspect.isasyncgen(gen)
+        static = state.kind == protocol.RETURNS_STATIC
+        k = state.num_returns
+        index = 0
+        held: Optional[tuple] = None  # static: the k-th value, reported once the end is known
+        outcome: Tuple[int, Any] = (protocol.END_RETURNED, None)
+        client = self.client
+        while True:
+            # control point: the generator is paused at a yield (or has not started)
+            client.read_available()
+            if state.task_id in self.closing:
+                self._close_gen(gen, is_async)
+                outcome = (protocol.END_CLOSED, None)
+                break
+            try:
+                self.check_cancelled()
+            except TaskCancelledError as exc:
+                self._close_gen(gen, is_async)
+                outcome = (protocol.END_CANCELLED, exc)
+                break
+            try:
+                state.in_user = True
+                try:
+                    if is_async:
+                        value = self._run_coroutine(state, gen.__anext__())
+                    else:
+                        value = next(gen)
+                finally:
+                    state.in_user = False
+            except (StopIteration, StopAsyncIteration) as stop:
+                outcome = (protocol.END_RETURNED, getattr(stop, "value", None))
+                break
+            except TaskCancelledError as exc:
+                if state.cancelled:
+                    outcome = (protocol.END_CANCELLED, exc)
+                else:
+                    outcome = (protocol.END_RAISED, exc)
+                break
+            except BaseException as exc:
+                outcome = (protocol.END_RAISED, exc)
+                break
+            if index < state.skip:  # a retry: this item was handed out by an earlier attempt
+                index += 1
+                value = None
+                continue
+            if static and index >= k:
+                self._close_gen(gen, is_async)
+                outcome = (protocol.END_RAISED, ValueError(
+                    f"task {state.name} has num_returns={k} but its generator yielded more "
+                    f"than {k} values"))
+                break
+            oid = (ids.return_id(state.task_id, index) if static
+                   else ids.item_id(state.task_id, index, state.attempt))
+            try:
+                payload, contained = client.encode(value, oid)
+            except BaseException as exc:  # unpicklable item, store full: the stream ends here
+                self._close_gen(gen, is_async)
+                outcome = (protocol.END_RAISED, exc)
+                break
+            value = None  # the worker's copy is dropped as soon as the item is stored
+            if static and index == k - 1:
+                held = (oid, payload, contained)
+            else:
+                client.send((protocol.ITEM, state.task_id, state.attempt, index, payload, contained))
+            index += 1
+            if state.backpressure:
+                self._wait_for_consumer(state, index)
+        self._end_generator(state, index, outcome, held)
+
+    def _wait_for_consumer(self, state: Running, produced: int) -> None:
+        """Pause at the yield while ``backpressure`` items are produced but not taken."""
+        while (produced - self.acks.get(state.task_id, 0) >= state.backpressure
+               and state.task_id not in self.closing and state.task_id not in self.cancelled
+               and not self.exiting):
+            self.client.pump(None)
+
+    def _close_gen(self, gen: Any, is_async: bool) -> None:
+        try:
+            if is_async:
+                self._event_loop().run_until_complete(gen.aclose())
+            else:
+                gen.close()
+        except BaseException:
+            pass  # an error in a finally block during close has nowhere to go but the end
+
+    def _end_generator(self, state: Running, count: int, outcome: Tuple[int, Any],
+                       held: Optional[tuple]) -> None:
+        """Report the end: the return value (the completion's value) or the error.
+
+        For ``num_returns=k`` the k-th value is reported only now that no (k+1)-th
+        follows; if the generator ended badly it is discarded, its ref gets the error.
+        """
+        end_kind, value = outcome
+        payload: Optional[tuple] = None
+        contained: list = []
+        retryable = False
+        if end_kind == protocol.END_RETURNED and state.kind == protocol.RETURNS_STATIC:
+            if count < state.num_returns:
+                end_kind, value = protocol.END_RAISED, ValueError(
+                    f"task {state.name} has num_returns={state.num_returns} but its generator "
+                    f"yielded only {count} values")
+            elif held is not None:
+                self.client.send((protocol.ITEM, state.task_id, state.attempt,
+                                  state.num_returns - 1, held[1], held[2]))
+                held = None
+        elif end_kind == protocol.END_RETURNED:
+            try:
+                payload, contained = self.client.encode(value, ids.completion_id(state.task_id))
+            except BaseException as exc:  # an unpicklable return value
+                end_kind, value = protocol.END_RAISED, exc
+        if held is not None and held[1][1] is None:
+            self.client.store.delete(held[0])  # stored, never reported: nobody can see it
+        if end_kind in (protocol.END_RAISED, protocol.END_CANCELLED):
+            payload, retryable = self._error_payload(state, value)
+        self.client.send((protocol.END, state.task_id, state.attempt, count, payload, contained,
+                          retryable, end_kind))
+
+
+def _matches(spec: Any, exc: BaseException) -> bool:
+    """Whether ``retry_exceptions`` (bool or pickled tuple of classes) covers ``exc``."""
+    if spec is True:
+        return isinstance(exc, Exception)
+    if not spec:
+        return False
+    try:
+        classes = pickle.loads(spec)
+    except Exception:
+        return False
+    return isinstance(exc, classes)
+
+
+def install_cancel_signal(executor: Executor) -> None:
+    signal.signal(signal.SIGUSR2, executor.on_cancel_signal)
+    # a cancel must interrupt blocking calls (time.sleep) instead of restarting them
+    signal.siginterrupt(signal.SIGUSR2, True)
+
+
+__all__ = ["Executor", "install_cancel_signal", "threading", "InconsistentRetryError"]

@@ -1,0 +1,183 @@
+"""Framing of control messages over a Unix stream socket.
+
+    frame = length (u32, little endian) | marshal(message tuple)
+
+Writes are buffered and non-blocking: ``send`` appends a frame and pushes what the
+socket takes; what it does not take stays queued until the socket is writable again
+(the node's reactor watches for that), so the node never blocks on a slow peer and two
+processes can never deadlock writing to each other.  Frames queued while a write is
+pending go out together: small messages batch themselves under load.
+
+Waiting to read spins before it sleeps (``SPIN_SECONDS``).  On this machine a process
+woken from sleep by another CPU pays 60-300 us (idle vCPUs halt and are woken through
+the hypervisor), while a reply that lands during a short spin is seen in about 1 us: a
+task round trip drops from ~120 us to ~25 us.  The spin is bounded, so an idle process
+still sleeps.
+"""
+from __future__ import annotations
+
+import marshal
+import os
+import select
+import socket
+import struct
+import threading
+import time
+from typing import Any, List, Optional
+
+_LEN = struct.Struct("<I")
+_READ_SIZE = 1 << 18
+
+# How long a waiting reader polls before it sleeps.  50-100 us covers a task round trip
+# of a short task here; spinning longer only burns CPU the other processes want.
+SPIN_SECONDS = 100e-6
+
+
+class ConnectionClosed(EOFError):
+    """The peer closed its end (it exited or died)."""
+
+
+class Connection:
+    """One end of a control channel: a non-blocking Unix stream socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.fd = sock.fileno()
+        self._out = bytearray()
+        self._in = bytearray()
+        self._send_lock = threading.Lock()
+        self.read_lock = threading.Lock()  # one reader at a time: frames must not interleave
+        self._poller = select.poll()
+        self._poller.register(self.fd, select.POLLIN)
+        self.closed = False
+
+    # -- writing ------------------------------------------------------------------
+    def send(self, msg: tuple) -> bool:
+        """Queue ``msg`` and write what the socket accepts; True when nothing is left queued."""
+        body = marshal.dumps(msg)
+        with self._send_lock:
+            self._out += _LEN.pack(len(body))
+            self._out += body
+            return self._flush_locked()
+
+    def send_many(self, msgs: List[tuple]) -> bool:
+        with self._send_lock:
+            for msg in msgs:
+                body = marshal.dumps(msg)
+                self._out += _LEN.pack(len(body))
+                self._out += body
+            return self._flush_locked()
+
+    def flush(self) -> bool:
+        with self._send_lock:
+            return self._flush_locked()
+
+    @property
+    def pending_output(self) -> bool:
+        return bool(self._out)
+
+    def _flush_locked(self) -> bool:
+        out = self._out
+        while out:
+            try:
+                n = self.sock.send(out)
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError as exc:  # peer gone: the reader will see EOF and report it
+                self.closed = True
+                out.clear()
+                if isinstance(exc, (BrokenPipeError, ConnectionResetError)):
+                    return True
+                raise
+            del out[:n]
+        return True
+
+    def send_blocking(self, msg: tuple) -> None:
+        """Send and wait until the whole frame is in the socket (used by workers)."""
+        if not self.send(msg):
+            self.drain_output()
+
+    def drain_output(self) -> None:
+        while not self.flush():
+            select.select([], [self.fd], [], 1.0)
+
+    # -- reading ------------------------------------------------------------------
+    def read_messages(self) -> List[Any]:
+        """Every complete message the socket has now; ``ConnectionClosed`` at EOF."""
+        try:
+            data = self.sock.recv(_READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return []
+        except ConnectionResetError:
+            data = b""
+        if not data:
+            self.closed = True
+            raise ConnectionClosed()
+        buf = self._in
+        buf += data
+        # keep reading while the socket has more (a burst of items arrives as one batch)
+        while len(data) == _READ_SIZE:
+            try:
+                data = self.sock.recv(_READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            if not data:
+                break
+            buf += data
+        return self._parse()
+
+    def _parse(self) -> List[Any]:
+        buf = self._in
+        n = len(buf)
+        pos = 0
+        out = []
+        with memoryview(buf) as view:
+            while n - pos >= 4:
+                (size,) = _LEN.unpack_from(buf, pos)
+                end = pos + 4 + size
+                if end > n:
+                    break
+                out.append(marshal.loads(view[pos + 4: end]))
+                pos = end
+        if pos:
+            del buf[:pos]
+        return out
+
+    def wait_readable(self, timeout: Optional[float], spin: float = SPIN_SECONDS) -> bool:
+        """Block until the socket is readable or ``timeout`` passes (None: forever)."""
+        poll = self._poller.poll
+        if spin > 0:
+            end = time.perf_counter() + (spin if timeout is None else min(spin, timeout))
+            while True:
+                if poll(0):
+                    return True
+                if time.perf_counter() >= end:
+                    break
+            if timeout is not None:
+                timeout -= spin
+                if timeout <= 0:
+                    return False
+        ms = -1 if timeout is None else max(0, int(timeout * 1000 + 0.999))
+        while True:
+            try:
+                return bool(poll(ms))
+            except InterruptedError:
+                continue
+
+    def close(self) -> None:
+        self.closed = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def socket_pair() -> "tuple[socket.socket, socket.socket]":
+    """A connected pair; both ends close-on-exec (the child's end is passed explicitly)."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    for s in (a, b):
+        os.set_inheritable(s.fileno(), False)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    return a, b

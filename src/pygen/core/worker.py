@@ -1,0 +1,64 @@
+"""The entry point of a worker process (see ``workers.spawn`` for what it inherits)."""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import socket
+import sys
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """SIGKILL this process when the spawning thread of the node exits, whatever kills it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # no prctl: the closed control socket still ends the worker when idle
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def main() -> None:
+    from .workers import SOCK_FD, STORE_FD
+
+    _die_with_parent(int(os.environ["PYGEN_PARENT_PID"]))
+    # Nothing a task starts may inherit the control socket or the arena.
+    for fd in (SOCK_FD, STORE_FD):
+        os.set_inheritable(fd, False)
+    for path in reversed(json.loads(os.environ.get("PYGEN_SYS_PATH", "[]"))):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the driver
+
+    from .. import _store, context
+    from . import output, protocol
+    from .executor import Executor, install_cancel_signal
+    from .transport import Connection
+    from .worker_client import WorkerClient
+
+    if os.environ.get("PYGEN_LOG_TO_DRIVER", "1") == "1":
+        output.install_worker_streams()
+    worker_id = int(os.environ["PYGEN_WORKER_ID"])
+    store = _store.Store.attach_fd(STORE_FD)
+    conn = Connection(socket.socket(fileno=SOCK_FD))
+    client = WorkerClient(conn, store, worker_id)
+    context.set_current(client)
+    executor = Executor(client)
+    install_cancel_signal(executor)
+    client.send((protocol.HELLO, worker_id, os.getpid(), store.slot))
+    try:
+        executor.serve_forever()
+    finally:
+        client.flush_refs()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        store.close()
+        # skip interpreter teardown: user modules' atexit hooks are not ours to run twice
+        os._exit(0)

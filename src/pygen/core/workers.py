@@ -1,0 +1,117 @@
+"""Worker processes as the node sees them: spawn, watch, measure, kill.
+
+A worker is a fresh interpreter (``posix_spawn`` of ``sys.executable``; never a fork of
+the driver, whose threads and locks a child must not inherit) in its own process group
+(a Ctrl-C at the terminal reaches the driver only).  It gets exactly four descriptors:
+
+    0 /dev/null   1, 2 pipes to the node (output forwarding)   3 its control socket
+    4 the object store segment (already unlinked: only descriptors keep it alive)
+
+and sets PR_SET_PDEATHSIG itself, so it dies with the thread that spawned it: the
+node's I/O thread, which lives exactly as long as the node.  That is what leaves no
+worker behind when the driver is SIGKILLed.  A pidfd tells the node the moment a
+worker exits.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from typing import Any, Optional
+
+from .transport import Connection, socket_pair
+
+SOCK_FD = 3
+STORE_FD = 4
+
+IDLE, BUSY, STARTING, EXITING, DEAD = "idle", "busy", "starting", "exiting", "dead"
+
+
+class WorkerHandle:
+    """The node's view of one worker process."""
+
+    def __init__(self, wid: int, pid: int, conn: Connection, pidfd: int,
+                 out_fds: "list[int]") -> None:
+        self.id = wid
+        self.pid = pid
+        self.conn = conn
+        self.pidfd = pidfd
+        self.out_fds = out_fds
+        self.slot: Optional[int] = None     # its process slot in the store, from HELLO
+        self.state = STARTING
+        self.task: Any = None               # the Task it runs
+        self.blocked = False                # waiting in get/wait/next: its CPUs are lent out
+        self.sent_functions: set = set()
+        self.actor: Any = None
+        self.oom: Optional[tuple] = None    # (limit, peak) when the memory monitor killed it
+        self.peak_rss = 0
+        self.exit_status: Optional[int] = None
+        self.idle_since = 0.0
+        self.fds_closed = False
+
+    def describe_exit(self) -> str:
+        status = self.exit_status
+        if status is None:
+            return "exited"
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            try:
+                name = signal.Signals(sig).name
+            except ValueError:
+                name = str(sig)
+            return f"was killed by signal {name}"
+        if os.WIFEXITED(status):
+            return f"exited with code {os.WEXITSTATUS(status)}"
+        return "exited"
+
+    def rss_anon(self) -> int:
+        """Private resident memory (RssAnon): pages of the shared arena never count."""
+        try:
+            with open(f"/proc/{self.pid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"RssAnon:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            pass
+        return 0
+
+
+def spawn(wid: int, store_fd: int, log_to_driver: bool) -> WorkerHandle:
+    """Start worker ``wid``.  Must run on the node's I/O thread (see PR_SET_PDEATHSIG)."""
+    parent, child = socket_pair()
+    if log_to_driver:
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(out_r, False)
+        os.set_blocking(err_r, False)
+        out_fds = [out_r, err_r]
+    else:
+        out_w = err_w = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        out_fds = []
+    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    env = dict(os.environ)
+    env["PYGEN_WORKER_ID"] = str(wid)
+    env["PYGEN_PARENT_PID"] = str(os.getpid())
+    env["PYGEN_SYS_PATH"] = json.dumps([p for p in sys.path if isinstance(p, str)])
+    env["PYGEN_LOG_TO_DRIVER"] = "1" if log_to_driver else "0"
+    env["PYTHONUNBUFFERED"] = "1"
+    actions = [
+        (os.POSIX_SPAWN_DUP2, null, 0),
+        (os.POSIX_SPAWN_DUP2, out_w, 1),
+        (os.POSIX_SPAWN_DUP2, err_w, 2),
+        (os.POSIX_SPAWN_DUP2, child.fileno(), SOCK_FD),
+        (os.POSIX_SPAWN_DUP2, store_fd, STORE_FD),
+    ]
+    argv = [sys.executable, "-c", "from pygen.core.worker import main; main()"]
+    try:
+        pid = os.posix_spawn(sys.executable, argv, env, file_actions=actions, setpgroup=0)
+    finally:
+        child.close()
+        os.close(null)
+        os.close(out_w)
+        if err_w != out_w:
+            os.close(err_w)
+    pidfd = os.pidfd_open(pid)
+    os.set_inheritable(pidfd, False)
+    return WorkerHandle(wid, pid, Connection(parent), pidfd, out_fds)

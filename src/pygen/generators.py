@@ -1,0 +1,150 @@
+"""What a generator task returns to its caller.
+
+``ObjectRefGenerator`` (``num_returns="streaming"``, the default for generator
+functions) is a handle on a stream kept by the node: ``next`` asks the node for the
+next item and gets an ordinary ``ObjectRef``.  The handle is itself counted like a ref
+(on the stream's id): when the last handle in any process is gone, the node frees
+every item nobody took.  Because the cursor lives in the node, ``next`` is thread-safe
+and the generator can be passed to another task, which iterates it there.
+
+``DynamicObjectRefGenerator`` (``num_returns="dynamic"``) is a plain value: the list
+of item refs of a finished task.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Iterator, List, Optional
+
+from . import context, ids, serialization
+from .exceptions import GetTimeoutError
+from .object_ref import ObjectRef, _rebuild
+
+__all__ = ["ObjectRefGenerator", "DynamicObjectRefGenerator"]
+
+
+class ObjectRefGenerator:
+    """An iterator over the item refs of a streaming generator task, as they are yielded."""
+
+    __slots__ = ("_task_id", "_handle", "__weakref__")
+
+    def __init__(self, task_id: bytes, *, _registered: bool = False) -> None:
+        self._task_id = task_id
+        # a counted handle on the stream: while any exists, the stream keeps its items
+        self._handle = ObjectRef(ids.stream_id(task_id), _registered=_registered)
+
+    def _client(self) -> context.Client:
+        return self._handle._live_client()
+
+    # -- synchronous iteration -----------------------------------------------------------------
+    def __iter__(self) -> "ObjectRefGenerator":
+        return self
+
+    def __next__(self) -> ObjectRef:
+        return self._next(None)
+
+    def _next(self, timeout: Optional[float]) -> ObjectRef:
+        client = self._client()
+        oid = client.stream_next(self._task_id, timeout)
+        if oid is None:
+            raise StopIteration
+        return ObjectRef(oid, _registered=True, _client=client)
+
+    def next_ready(self, timeout: Optional[float] = None) -> ObjectRef:
+        """``next`` with a timeout: ``GetTimeoutError`` if no item comes in time."""
+        return self._next(timeout)
+
+    # -- asynchronous iteration ---------------------------------------------------------------
+    def __aiter__(self) -> "ObjectRefGenerator":
+        return self
+
+    async def __anext__(self) -> ObjectRef:
+        client = self._client()
+        loop = asyncio.get_running_loop()
+        key = ids.stream_id(self._task_id)
+        while True:
+            try:
+                oid = client.stream_next(self._task_id, 0)
+            except GetTimeoutError:
+                ready = loop.create_future()
+
+                def wake(fut: asyncio.Future = ready) -> None:
+                    loop.call_soon_threadsafe(_resolve, fut)
+
+                client.on_ready(key, wake)
+                await ready
+                continue  # another consumer may have taken the item: ask again
+            if oid is None:
+                raise StopAsyncIteration
+            return ObjectRef(oid, _registered=True, _client=client)
+
+    # -- the task ----------------------------------------------------------------------------------
+    def completed(self) -> ObjectRef:
+        """A ref that is ready when the task ends: its ``return`` value, or its error."""
+        return ObjectRef(ids.completion_id(self._task_id))
+
+    def close(self) -> None:
+        """Stop the task at its current ``yield`` (its ``finally`` runs); free what is left."""
+        self._client().stream_close(self._task_id)
+
+    def task_id(self) -> bytes:
+        return self._task_id
+
+    def _stream_key(self) -> bytes:
+        return ids.stream_id(self._task_id)
+
+    def __repr__(self) -> str:
+        return f"ObjectRefGenerator({self._task_id.hex()})"
+
+    def __reduce__(self):
+        collector = serialization.current_ref_collector()
+        if collector is not None:  # whatever holds this pickled handle keeps the stream
+            collector.append(ids.stream_id(self._task_id))
+        return (_rebuild_generator, (self._task_id,))
+
+
+def _rebuild_generator(task_id: bytes) -> ObjectRefGenerator:
+    return ObjectRefGenerator(task_id)
+
+
+def _resolve(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class DynamicObjectRefGenerator:
+    """The value of a ``num_returns="dynamic"`` task: its item refs, iterable many times."""
+
+    def __init__(self, refs: List[Any]) -> None:
+        self._refs = list(refs)
+
+    def __iter__(self) -> Iterator[ObjectRef]:
+        return iter(self._refs)
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+    def __repr__(self) -> str:
+        return f"DynamicObjectRefGenerator({len(self._refs)} refs)"
+
+    def __reduce__(self):
+        return (DynamicObjectRefGenerator, (self._refs,))
+
+    @classmethod
+    def _from_ids(cls, oids: List[bytes]) -> "DynamicObjectRefGenerator":
+        """For the node to encode the value without counting refs of its own."""
+        return cls([_RefToken(oid) for oid in oids])
+
+
+class _RefToken:
+    """Pickles exactly like an ``ObjectRef`` but is not counted where it is made."""
+
+    __slots__ = ("_id",)
+
+    def __init__(self, oid: bytes) -> None:
+        self._id = oid
+
+    def __reduce__(self):
+        collector = serialization.current_ref_collector()
+        if collector is not None:
+            collector.append(self._id)
+        return (_rebuild, (self._id,))

@@ -1,0 +1,90 @@
+"""``@pygen.remote`` on a function: ``RemoteFunction``, its ``.options()`` and ``.remote()``."""
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+from typing import Any, Dict, List, Optional, Union
+
+import cloudpickle
+
+from . import context, ids, options
+from .core import protocol
+from .generators import ObjectRefGenerator
+from .object_ref import ObjectRef
+from .task_spec import TaskSpec, encode_args
+
+_KINDS = {"dynamic": protocol.RETURNS_DYNAMIC, "streaming": protocol.RETURNS_STREAMING}
+
+
+class _PickledFunction:
+    """The function pickled once (lazily: globals may be defined after decoration)."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+        self.blob: Optional[bytes] = None
+        self.fn_id = b""
+
+    def get(self) -> "tuple[bytes, bytes]":
+        if self.blob is None:
+            blob = cloudpickle.dumps(self.fn, protocol=5)
+            self.fn_id = hashlib.blake2b(blob, digest_size=16).digest()
+            self.blob = blob
+        return self.fn_id, self.blob
+
+
+class RemoteFunction:
+    """A function that runs as a task in a worker process when called with ``.remote()``."""
+
+    def __init__(self, fn: Any, task_options: Dict[str, Any],
+                 _pickled: Optional[_PickledFunction] = None) -> None:
+        self._function = fn
+        self._options = options.with_defaults(options.TASK_OPTIONS, task_options)
+        self._is_generator = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+        self._pickled = _pickled or _PickledFunction(fn)
+        self._name = getattr(fn, "__name__", "task")
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"remote function {self._name} cannot be called directly: "
+                        f"use {self._name}.remote(...) to run it as a task")
+
+    def options(self, **task_options: Any) -> "RemoteFunction":
+        """A copy with some options changed (validated now, not at ``.remote()``)."""
+        checked = options.validate(options.TASK_OPTIONS, task_options, f"task {self._name}")
+        merged = {k: v for k, v in self._options.items()}
+        merged.update(checked)
+        return RemoteFunction(self._function, merged, self._pickled)
+
+    def remote(self, *args: Any, **kwargs: Any) -> Union[ObjectRef, List[ObjectRef], None,
+                                                          ObjectRefGenerator]:
+        client = context.ensure()
+        opts = self._options
+        fn_id, blob = self._pickled.get()
+        client.register_function(fn_id, blob)
+        num_returns = opts["num_returns"]
+        if num_returns is None:
+            num_returns = "streaming" if self._is_generator else 1
+        kind = _KINDS.get(num_returns, protocol.RETURNS_STATIC)
+        task_id = ids.new_task_id()
+        payload, deps, contained = encode_args(client, task_id, args, kwargs)
+        retry = opts["retry_exceptions"]
+        if isinstance(retry, tuple):
+            retry = cloudpickle.dumps(retry)
+        spec = TaskSpec(
+            task_id, opts["name"] or self._name, fn_id, payload, deps, contained, kind,
+            num_returns if kind == protocol.RETURNS_STATIC else 1, opts["max_retries"], retry,
+            opts["num_cpus"], opts["memory"], opts["generator_backpressure"] or 0)
+        client.submit(spec)
+        if kind == protocol.RETURNS_STREAMING:
+            return ObjectRefGenerator(task_id, _registered=True)
+        refs = [ObjectRef(oid, _registered=True, _client=client) for oid in spec.return_ids()]
+        if kind == protocol.RETURNS_DYNAMIC or num_returns == 1:
+            return refs[0]
+        return refs if refs else None
+
+    def __repr__(self) -> str:
+        return f"RemoteFunction({self._name})"
+
+    def __reduce__(self):
+        return (RemoteFunction, (self._function, self._options))

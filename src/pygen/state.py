@@ -1,0 +1,40 @@
+"""Introspection (SPEC §8): what exists and what keeps it alive.  Tests use it to prove
+that nothing leaks."""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+from . import context
+
+
+def _node() -> Any:
+    client = context.ensure()
+    if client.is_worker:
+        raise RuntimeError("pygen.state is available in the driver only")
+    node = client.node  # type: ignore[attr-defined]
+    node.drain_dropped_refs()  # refs dropped a moment ago count as dropped
+    return node
+
+
+def list_objects() -> List[Dict[str, Any]]:
+    """One dict per object: id (``ref.hex()``), state, size, location, and what keeps it:
+    holders (process ids; 0 is the driver), internal_refs (pending tasks, containers,
+    streams), zero_copy_views (processes pinning it), spilled."""
+    return _node().list_objects()
+
+
+def list_tasks() -> List[Dict[str, Any]]:
+    """Pending and running tasks, and the most recently finished ones."""
+    return _node().list_tasks()
+
+
+def list_actors() -> List[Dict[str, Any]]:
+    """Actors (none until actors are implemented)."""
+    _node()
+    return []
+
+
+def store_stats() -> Dict[str, Any]:
+    """The arena: capacity, used, free, largest_free, objects (in the arena),
+    spilled_objects, spilled_bytes, tracked_objects (all objects, inline included)."""
+    return _node().store_stats()
