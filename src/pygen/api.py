@@ -46,10 +46,19 @@ def init(num_cpus: Optional[float] = None, object_store_memory: Optional[int] = 
     """Start pygen: the object store, the node and ``num_cpus`` worker processes.
 
     Inside a worker this does nothing (a module that calls it at import time is fine).
+    Arguments left out default to the environment variables PYGEN_NUM_CPUS,
+    PYGEN_OBJECT_STORE_MEMORY and PYGEN_WORKER_MEMORY_LIMIT when set.
     """
     global _atexit_registered
     if _in_worker():
         return
+    # Defaults for a program that does not call init itself (auto-init), read once here.
+    if num_cpus is None and "PYGEN_NUM_CPUS" in os.environ:
+        num_cpus = float(os.environ["PYGEN_NUM_CPUS"])
+    if object_store_memory is None and "PYGEN_OBJECT_STORE_MEMORY" in os.environ:
+        object_store_memory = int(os.environ["PYGEN_OBJECT_STORE_MEMORY"])
+    if worker_memory_limit is None and "PYGEN_WORKER_MEMORY_LIMIT" in os.environ:
+        worker_memory_limit = int(os.environ["PYGEN_WORKER_MEMORY_LIMIT"])
     with _lock:
         client = context.current()
         if client is not None and not client.closed:

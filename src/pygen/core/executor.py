@@ -251,6 +251,7 @@ class Executor:
         k = state.num_returns
         index = 0
         held: Optional[tuple] = None  # static: the k-th value, reported once the end is known
+        too_many = False
         outcome: Tuple[int, Any] = (protocol.END_RETURNED, None)
         client = self.client
         while True:
@@ -293,6 +294,7 @@ class Executor:
                 continue
             if static and index >= k:
                 self._close_gen(gen, is_async)
+                too_many = True
                 outcome = (protocol.END_RAISED, ValueError(
                     f"task {state.name} has num_returns={k} but its generator yielded more "
                     f"than {k} values"))
@@ -313,7 +315,9 @@ class Executor:
             index += 1
             if state.backpressure:
                 self._wait_for_consumer(state, index)
-        self._end_generator(state, index, outcome, held)
+        self._end_generator(state, index, outcome, None if too_many else held)
+        if too_many and held is not None and held[1][1] is None:
+            client.store.delete(held[0])  # stored, never reported: nobody can see it
 
     def _wait_for_consumer(self, state: Running, produced: int) -> None:
         """Pause at the yield while ``backpressure`` items are produced but not taken."""
@@ -335,29 +339,28 @@ class Executor:
                        held: Optional[tuple]) -> None:
         """Report the end: the return value (the completion's value) or the error.
 
-        For ``num_returns=k`` the k-th value is reported only now that no (k+1)-th
-        follows; if the generator ended badly it is discarded, its ref gets the error.
+        For ``num_returns=k`` the k-th value (``held``) is reported only now that no
+        (k+1)-th follows.  A generator that raises after exactly k values still delivers
+        all k (SPEC §4.1 gives refs an error only for fewer or more values); its error
+        goes with END, which records the task as failed.
         """
         end_kind, value = outcome
         payload: Optional[tuple] = None
         contained: list = []
         retryable = False
-        if end_kind == protocol.END_RETURNED and state.kind == protocol.RETURNS_STATIC:
-            if count < state.num_returns:
+        if state.kind == protocol.RETURNS_STATIC:
+            if end_kind == protocol.END_RETURNED and count < state.num_returns:
                 end_kind, value = protocol.END_RAISED, ValueError(
                     f"task {state.name} has num_returns={state.num_returns} but its generator "
                     f"yielded only {count} values")
-            elif held is not None:
+            if held is not None:
                 self.client.send((protocol.ITEM, state.task_id, state.attempt,
                                   state.num_returns - 1, held[1], held[2]))
-                held = None
         elif end_kind == protocol.END_RETURNED:
             try:
                 payload, contained = self.client.encode(value, ids.completion_id(state.task_id))
             except BaseException as exc:  # an unpicklable return value
                 end_kind, value = protocol.END_RAISED, exc
-        if held is not None and held[1][1] is None:
-            self.client.store.delete(held[0])  # stored, never reported: nobody can see it
         if end_kind in (protocol.END_RAISED, protocol.END_CANCELLED):
             payload, retryable = self._error_payload(state, value)
         self.client.send((protocol.END, state.task_id, state.attempt, count, payload, contained,

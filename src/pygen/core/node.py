@@ -55,7 +55,7 @@ FINISHED_TASK_HISTORY = 1000
 class Task:
     __slots__ = ("spec", "owner", "parent", "children", "state", "attempt", "worker",
                  "pending_deps", "kept", "cancelled", "force", "stream", "reported",
-                 "submitted", "ended_as")
+                 "submitted", "ended_as", "error")
 
     def __init__(self, spec: TaskSpec, owner: int, parent: Optional[bytes]) -> None:
         self.spec = spec
@@ -73,6 +73,7 @@ class Task:
         self.reported = 0                 # num_returns=k: returns already reported
         self.submitted = time.time()
         self.ended_as = ""
+        self.error: Optional[str] = None
 
 
 class Node:
@@ -461,6 +462,8 @@ class Node:
         elif retryable and self._should_retry(task):
             self._retry(task)
         else:
+            if returns and returns[0][1][0] & serialization.FLAG_ERROR:
+                task.error = _error_text(returns[0][1])
             for index, payload, contained in returns:
                 if task.reported <= index:
                     self.object_ready(ids.return_id(task_id, index), payload, contained)
@@ -508,9 +511,12 @@ class Node:
         if task.cancelled:
             self._fail(task, self._system_error(TaskCancelledError(
                 f"task {task.spec.name} was cancelled")))
-        elif end_kind == protocol.END_RAISED and retryable and self._should_retry(task):
+        elif (end_kind == protocol.END_RAISED and retryable and self._should_retry(task)
+              and not (task.stream is None and task.reported >= task.spec.num_returns)):
             self._retry(task)
         else:
+            if end_kind == protocol.END_RAISED and payload is not None:
+                task.error = _error_text(payload)
             self._end_outputs(task, count, payload, contained, end_kind)
             self._finish(task, "finished" if end_kind == protocol.END_RETURNED else
                          "failed" if end_kind == protocol.END_RAISED else "closed")
@@ -524,6 +530,12 @@ class Node:
         if spec.returns_kind == protocol.RETURNS_STATIC:
             error = payload if payload is not None else self._system_error(
                 PygenError(f"task {spec.name} ended without all of its returns"))
+            if task.reported >= spec.num_returns and payload is not None and spec.num_returns:
+                # it raised after producing every return: the values stand, the error is
+                # kept on the task (pygen.state.list_tasks) and reported here
+                task.error = _error_text(payload)
+                _warn(f"task {spec.name} raised after it had yielded all its "
+                      f"num_returns={spec.num_returns} values: {task.error}")
             for index in range(task.reported, spec.num_returns):
                 self.object_ready(ids.return_id(spec.task_id, index), error)
             task.reported = spec.num_returns
@@ -584,6 +596,7 @@ class Node:
         if task.worker is not None:
             self._release_worker(task)
         count = len(task.stream.items) if task.stream is not None else task.reported
+        task.error = task.error or _error_text(error)
         self._end_outputs(task, count, error, [], protocol.END_RAISED)
         self._finish(task, "cancelled" if task.cancelled else "failed")
 
@@ -1064,6 +1077,7 @@ class Node:
             "attempt": task.attempt,
             "worker_pid": task.worker.pid if task.worker is not None else None,
             "cancelled": task.cancelled,
+            "error": task.error,
             "num_returns": (task.spec.num_returns
                             if task.spec.returns_kind == protocol.RETURNS_STATIC else
                             "dynamic" if task.spec.returns_kind == protocol.RETURNS_DYNAMIC
@@ -1202,6 +1216,22 @@ def _stdout():
 def _stderr():
     import sys
     return sys.stderr
+
+
+def _error_text(payload: tuple) -> str:
+    try:
+        return str(serialization.deserialize(payload[1])[1]).splitlines()[0]
+    except Exception:
+        return "an error that could not be decoded"
+
+
+def _warn(message: str) -> None:
+    import sys
+
+    try:
+        print(f"pygen: {message}", file=sys.stderr, flush=True)
+    except (ValueError, OSError):
+        pass
 
 
 def _internal_error(what: str) -> None:
