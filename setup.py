@@ -5,7 +5,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 STORE_DIR = os.path.join("src", "_store")
-C_SOURCES = ["shm.c", "arena.c", "table.c", "store.c"]
+C_SOURCES = ["status.c", "fault.c", "shm.c", "reserve.c", "wait.c", "arena.c", "table.c", "store.c"]
 DEBUG = os.environ.get("PYGEN_DEBUG") == "1"
 SANITIZE = os.environ.get("PYGEN_SANITIZE") == "1"
 
@@ -27,4 +27,5 @@ store = Extension(
     define_macros=[("_GNU_SOURCE", "1")],
 )
 
-setup(ext_modules=cythonize([store], language_level=3, compiler_directives={"binding": False}))
+setup(ext_modules=cythonize([store], language_level=3, include_path=[STORE_DIR],
+                            compiler_directives={"binding": False}))

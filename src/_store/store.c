@@ -618,6 +618,15 @@ int store_close(store_t *s)
 
 int store_unlink(store_t *s) { return s->seg.path[0] ? shm_unlink_path(s->seg.path) : STORE_OK; }
 
+int store_unlink_name(const char *name)
+{
+    if (!name || !name[0] || !strchr(name, '/'))
+        return store_fail(STORE_ERR_INVALID, "unlink needs the segment's path");
+    return shm_unlink_path(name);
+}
+
+int store_debug_build(void) { return STORE_DEBUG; }
+
 const char *store_name(const store_t *s) { return s->seg.path; }
 int store_fd(const store_t *s) { return s->seg.fd; }
 uint32_t store_slot(const store_t *s) { return s->slot; }

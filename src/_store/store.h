@@ -114,6 +114,7 @@ int store_attach_fd(int fd, int prefault, store_t **out);    /* takes ownership 
  * pre-fault thread, unmap, close the fd, free the handle.  Always frees the handle. */
 int store_close(store_t *s);
 int store_unlink(store_t *s);                                /* idempotent */
+int store_unlink_name(const char *name);                     /* same, by name (after close) */
 
 const char *store_name(const store_t *s);
 int store_fd(const store_t *s);
@@ -166,6 +167,8 @@ int store_debug_hold_lock(store_t *s, uint32_t ms);
 int store_debug_recover(store_t *s);
 /* Wait until this process's pre-fault thread has finished (timeout_ns < 0: forever). */
 int store_prefault_wait(store_t *s, int64_t timeout_ns);
+/* 1 if built with PYGEN_DEBUG (poisoned frees, invariant checks after each operation). */
+int store_debug_build(void);
 /* Fault injection (fault.h): SIGKILL self the countdown-th time `point` is reached. */
 int store_debug_crash_at(int point, int64_t countdown);
 
