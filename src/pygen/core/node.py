@@ -329,12 +329,12 @@ class Node:
             completion = ids.completion_id(spec.task_id)
             self.objects.create(completion).internal += 1
             handle.contains.append(completion)
+        task.kept = self.objects.add_internal(list(spec.deps) + list(spec.contained))
         args_oid = spec.args_oid()
-        if args_oid is not None:
-            self.objects.create(args_oid)
+        if args_oid is not None:  # kept by the task from before it is ready, or it is freed
+            self.objects.create(args_oid).internal += 1
+            task.kept.append(args_oid)
             self.object_ready(args_oid, spec.args)
-        task.kept = self.objects.add_internal(
-            list(spec.deps) + list(spec.contained) + ([args_oid] if args_oid else []))
         if spec.num_cpus > self.num_cpus:
             self._fail(task, self._system_error(ValueError(
                 f"task {spec.name} needs num_cpus={spec.num_cpus:g} but pygen was started "

@@ -4,8 +4,8 @@ A worker is a fresh interpreter (``posix_spawn`` of ``sys.executable``; never a 
 the driver, whose threads and locks a child must not inherit) in its own process group
 (a Ctrl-C at the terminal reaches the driver only).  It gets exactly four descriptors:
 
-    0 /dev/null   1, 2 pipes to the node (output forwarding)   3 its control socket
-    4 the object store segment (already unlinked: only descriptors keep it alive)
+    0 /dev/null   1, 2 pipes to the node (output forwarding)   3 its control socket (SOCK_FD)
+    4 the object store segment (STORE_FD) (already unlinked: only descriptors keep it alive)
 
 and sets PR_SET_PDEATHSIG itself, so it dies with the thread that spawned it: the
 node's I/O thread, which lives exactly as long as the node.  That is what leaves no
@@ -14,6 +14,7 @@ worker exits.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -96,17 +97,17 @@ def spawn(wid: int, store_fd: int, log_to_driver: bool) -> WorkerHandle:
     env["PYGEN_SYS_PATH"] = json.dumps([p for p in sys.path if isinstance(p, str)])
     env["PYGEN_LOG_TO_DRIVER"] = "1" if log_to_driver else "0"
     env["PYTHONUNBUFFERED"] = "1"
-    actions = [
-        (os.POSIX_SPAWN_DUP2, null, 0),
-        (os.POSIX_SPAWN_DUP2, out_w, 1),
-        (os.POSIX_SPAWN_DUP2, err_w, 2),
-        (os.POSIX_SPAWN_DUP2, child.fileno(), SOCK_FD),
-        (os.POSIX_SPAWN_DUP2, store_fd, STORE_FD),
-    ]
+    # The dup2 actions run in order, so a source must not sit on a later target (the
+    # driver's own store fd is often 3): move every source above the target range first.
+    sources = [null, out_w, err_w, child.fileno(), store_fd]
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in sources]
+    actions = [(os.POSIX_SPAWN_DUP2, src, target) for target, src in enumerate(high)]
     argv = [sys.executable, "-c", "from pygen.core.worker import main; main()"]
     try:
         pid = os.posix_spawn(sys.executable, argv, env, file_actions=actions, setpgroup=0)
     finally:
+        for fd in high:
+            os.close(fd)
         child.close()
         os.close(null)
         os.close(out_w)

@@ -1,0 +1,113 @@
+"""Shared fixtures: a pygen session per module, fresh sessions, and leak checks.
+
+Every test that starts pygen ends with the same check: after ``shutdown`` no worker
+process of this driver is alive and nothing of pygen is left in /dev/shm.
+"""
+from __future__ import annotations
+
+import gc
+import os
+import sys
+import time
+
+import pytest
+
+import pygen
+
+MiB = 2**20
+STORE = 256 * MiB
+
+
+def child_pids() -> "list[int]":
+    """Live (non-zombie) child processes of this test process."""
+    out = []
+    try:
+        names = os.listdir(f"/proc/{os.getpid()}/task")
+    except OSError:
+        names = []
+    for tid in names:
+        try:
+            with open(f"/proc/{os.getpid()}/task/{tid}/children") as f:
+                out += [int(p) for p in f.read().split()]
+        except OSError:
+            pass
+    alive = []
+    for pid in out:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+            if state != "Z":
+                alive.append(pid)
+        except OSError:
+            pass
+    return alive
+
+
+def shm_entries(pid: "int | None" = None) -> "list[str]":
+    names = [n for n in os.listdir("/dev/shm") if n.startswith("pygen")]
+    if pid is not None:
+        names = [n for n in names if n.startswith(f"pygen-{pid}-")]
+    return names
+
+
+def wait_until(predicate, timeout: float = 5.0, interval: float = 0.01) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def assert_clean_after_shutdown() -> None:
+    assert not pygen.is_initialized()
+    assert wait_until(lambda: not child_pids(), 5.0), f"workers left: {child_pids()}"
+    assert shm_entries(os.getpid()) == [], shm_entries(os.getpid())
+
+
+def store_empty(timeout: float = 5.0) -> bool:
+    """Whether every object is gone (refs dropped a moment ago included)."""
+    def empty() -> bool:
+        gc.collect()
+        stats = pygen.state.store_stats()
+        return stats["objects"] == 0 and stats["tracked_objects"] == 0
+    return wait_until(empty, timeout)
+
+
+@pytest.fixture(scope="module")
+def session():
+    """One pygen (2 CPUs, 256 MiB store) for a whole test module."""
+    if pygen.is_initialized():
+        pygen.shutdown()
+    pygen.init(num_cpus=2, object_store_memory=STORE)
+    yield
+    pygen.shutdown()
+    assert_clean_after_shutdown()
+
+
+@pytest.fixture
+def fresh():
+    """A factory for a pygen started with the test's own options; shut down afterwards."""
+    if pygen.is_initialized():
+        pygen.shutdown()
+
+    def start(**kwargs):
+        kwargs.setdefault("num_cpus", 2)
+        kwargs.setdefault("object_store_memory", STORE)
+        pygen.init(**kwargs)
+
+    yield start
+    pygen.shutdown()
+    assert_clean_after_shutdown()
+
+
+def run_python(code: str, timeout: float = 60, env: "dict | None" = None):
+    """Run ``code`` in a fresh interpreter (with the tests' sys.path); returns CompletedProcess."""
+    import subprocess
+
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = os.pathsep.join([p for p in sys.path if p])
+    if env:
+        full_env.update(env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=timeout, env=full_env)

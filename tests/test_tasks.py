@@ -1,0 +1,308 @@
+"""Remote functions (SPEC §2) and objects (§3): submission, results, arguments, nesting."""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import pickle
+import time
+
+import numpy as np
+import pytest
+
+import pygen
+from pygen.exceptions import GetTimeoutError
+
+pytestmark = pytest.mark.usefixtures("session")
+
+
+@pygen.remote
+def add(a, b):
+    return a + b
+
+
+@pygen.remote
+def identity(x):
+    return x
+
+
+@pygen.remote
+def pid():
+    return os.getpid()
+
+
+def test_remote_returns_ref_and_value():
+    ref = add.remote(1, 2)
+    assert isinstance(ref, pygen.ObjectRef)
+    assert pygen.get(ref) == 3
+
+
+def test_calling_directly_raises_type_error_naming_remote():
+    with pytest.raises(TypeError, match=r"add\.remote"):
+        add(1, 2)
+
+
+def test_runs_in_another_process():
+    assert pygen.get(pid.remote()) != os.getpid()
+
+
+def test_kwargs_and_many_tasks():
+    refs = [add.remote(i, b=i) for i in range(200)]
+    assert pygen.get(refs) == [2 * i for i in range(200)]
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 5])
+def test_num_returns(k):
+    @pygen.remote(num_returns=k)
+    def many():
+        if k == 0:
+            return None
+        if k == 1:
+            return "one"
+        return tuple(range(k))
+
+    out = many.remote()
+    if k == 0:
+        assert out is None
+    elif k == 1:
+        assert pygen.get(out) == "one"
+    else:
+        assert isinstance(out, list) and len(out) == k
+        assert pygen.get(out) == list(range(k))
+
+
+def test_num_returns_mismatch_is_an_error_in_every_ref():
+    @pygen.remote(num_returns=3)
+    def two():
+        return 1, 2
+
+    refs = two.remote()
+    for ref in refs:
+        with pytest.raises(ValueError, match="num_returns=3"):
+            pygen.get(ref)
+
+
+def test_options_override_and_keep_the_original():
+    @pygen.remote(num_returns=2)
+    def pair():
+        return 1, 2
+
+    assert pygen.get(pair.remote()) == [1, 2]
+    assert pygen.get(pair.options(num_returns=1).remote()) == (1, 2)
+    assert pygen.get(pair.remote()) == [1, 2]
+
+
+@pytest.mark.parametrize("opts,exc,word", [
+    (dict(num_returns=-1), ValueError, "num_returns"),
+    (dict(num_returns="many"), ValueError, "num_returns"),
+    (dict(num_returns=1.5), TypeError, "num_returns"),
+    (dict(max_retries="3"), TypeError, "max_retries"),
+    (dict(max_retries=-2), ValueError, "max_retries"),
+    (dict(num_cpus=-1), ValueError, "num_cpus"),
+    (dict(num_cpus="1"), TypeError, "num_cpus"),
+    (dict(retry_exceptions=[1]), TypeError, "retry_exceptions"),
+    (dict(retry_exceptions="yes"), TypeError, "retry_exceptions"),
+    (dict(memory=0), ValueError, "memory"),
+    (dict(generator_backpressure=0), ValueError, "generator_backpressure"),
+    (dict(num_gpus=1), ValueError, "num_gpus"),
+])
+def test_bad_options_fail_at_decoration_and_options(opts, exc, word):
+    with pytest.raises(exc, match=word):
+        pygen.remote(**opts)(lambda: 1)
+    with pytest.raises(exc, match=word):
+        add.options(**opts)
+
+
+def test_remote_rejects_positional_options():
+    with pytest.raises(TypeError):
+        pygen.remote(1, 2)
+
+
+def test_top_level_ref_arguments_are_resolved():
+    a = pygen.put(10)
+    b = add.remote(a, 5)
+    c = add.remote(b, a)
+    assert pygen.get(c) == 25
+
+
+def test_nested_refs_stay_refs():
+    inner = pygen.put("inner value")
+
+    @pygen.remote
+    def look(container):
+        ref = container["ref"]
+        return type(ref).__name__, pygen.get(ref)
+
+    assert pygen.get(look.remote({"ref": inner})) == ("ObjectRef", "inner value")
+
+
+def test_task_waits_for_its_argument_task():
+    @pygen.remote
+    def slow(x):
+        time.sleep(0.3)
+        return x
+
+    assert pygen.get(add.remote(slow.remote(1), slow.remote(2))) == 3
+
+
+def test_large_numpy_argument_reaches_task_read_only_and_zero_copy():
+    arr = np.arange(2_000_000, dtype=np.float64)
+
+    @pygen.remote
+    def inspect_array(a):
+        return a.flags.writeable, float(a.sum()), a.nbytes
+
+    writeable, total, nbytes = pygen.get(inspect_array.remote(arr))
+    assert not writeable
+    assert total == float(arr.sum()) and nbytes == arr.nbytes
+    ref = pygen.put(arr)
+    writeable, total, _ = pygen.get(inspect_array.remote(ref))
+    assert not writeable and total == float(arr.sum())
+
+
+def test_get_of_large_array_is_a_read_only_view():
+    arr = np.ones(1_000_000)
+    out = pygen.get(pygen.put(arr))
+    assert not out.flags.writeable
+    assert np.array_equal(out, arr)
+    with pytest.raises(ValueError):
+        out[0] = 5
+
+
+def test_tasks_submit_tasks_and_get_inside_workers():
+    @pygen.remote
+    def fan_out(n):
+        refs = [add.remote(i, i) for i in range(n)]
+        ready, _ = pygen.wait(refs, num_returns=n, timeout=30)
+        return sum(pygen.get(refs)), len(ready)
+
+    assert pygen.get(fan_out.remote(10)) == (90, 10)
+
+
+def test_put_inside_worker():
+    @pygen.remote
+    def make():
+        return pygen.put(np.arange(100_000))
+
+    inner = pygen.get(make.remote())
+    assert isinstance(inner, pygen.ObjectRef)
+    assert pygen.get(inner).sum() == np.arange(100_000).sum()
+
+
+def test_get_timeout():
+    @pygen.remote
+    def sleepy():
+        time.sleep(2)
+        return 1
+
+    ref = sleepy.remote()
+    t = time.monotonic()
+    with pytest.raises(GetTimeoutError):
+        pygen.get(ref, timeout=0.2)
+    assert time.monotonic() - t < 1.5
+    assert isinstance(GetTimeoutError("x"), TimeoutError)
+    assert pygen.get(ref, timeout=10) == 1
+
+
+def test_get_rejects_non_refs():
+    with pytest.raises(TypeError):
+        pygen.get(1)
+    with pytest.raises(TypeError, match="index 1"):
+        pygen.get([pygen.put(1), 2])
+
+
+def test_put_of_a_ref_is_a_type_error():
+    with pytest.raises(TypeError):
+        pygen.put(pygen.put(1))
+
+
+def test_wait_semantics():
+    @pygen.remote
+    def after(delay, value):
+        time.sleep(delay)
+        return value
+
+    slow, fast = after.remote(1.0, "slow"), after.remote(0.0, "fast")
+    ready, not_ready = pygen.wait([slow, fast], num_returns=1, timeout=5)
+    assert ready == [fast] and not_ready == [slow]
+    ready, not_ready = pygen.wait([slow, fast], num_returns=2, timeout=5)
+    assert ready == [slow, fast] and not_ready == []  # input order
+    ready, not_ready = pygen.wait([after.remote(5, 1)], timeout=0.1)
+    assert ready == [] and len(not_ready) == 1
+
+
+def test_wait_errors():
+    ref = pygen.put(1)
+    with pytest.raises(ValueError):
+        pygen.wait([ref, ref])
+    with pytest.raises(ValueError):
+        pygen.wait([ref], num_returns=2)
+    with pytest.raises(TypeError):
+        pygen.wait(ref)
+    with pytest.raises(TypeError):
+        pygen.wait([1])
+
+
+def test_object_ref_identity():
+    ref = pygen.put(1)
+    same = pickle.loads(pickle.dumps(ref))
+    assert ref == same and hash(ref) == hash(same)
+    assert ref != pygen.put(1)
+    assert len(ref.hex()) == 40 and ref.binary() == bytes.fromhex(ref.hex())
+    assert ref.hex() in repr(ref)
+    assert {ref: 1}[same] == 1
+
+
+def test_await_ref_and_future():
+    ref = add.remote(2, 3)
+    fut = ref.future()
+    assert isinstance(fut, concurrent.futures.Future)
+    assert fut.result(timeout=10) == 5
+
+    async def main():
+        return await add.remote(4, 5)
+
+    assert asyncio.run(main()) == 9
+
+
+def test_future_carries_the_error():
+    @pygen.remote
+    def boom():
+        raise KeyError("k")
+
+    with pytest.raises(KeyError):
+        boom.remote().future().result(timeout=10)
+
+
+def test_async_function_task():
+    @pygen.remote
+    async def coro(x):
+        await asyncio.sleep(0.01)
+        return x * 2
+
+    assert pygen.get(coro.remote(21)) == 42
+
+
+def test_nested_get_with_one_cpu_does_not_deadlock(fresh_one_cpu):
+    @pygen.remote
+    def leaf(x):
+        return x + 1
+
+    @pygen.remote
+    def parent(x):
+        return pygen.get(leaf.remote(x)) * 10
+
+    @pygen.remote
+    def grandparent(x):
+        return pygen.get(parent.remote(x)) + 1
+
+    assert pygen.get(grandparent.remote(1), timeout=60) == 21
+
+
+@pytest.fixture
+def fresh_one_cpu():
+    pygen.shutdown()
+    pygen.init(num_cpus=1, object_store_memory=64 * 2**20)
+    yield
+    pygen.shutdown()
+    pygen.init(num_cpus=2, object_store_memory=256 * 2**20)
