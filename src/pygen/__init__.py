@@ -11,7 +11,7 @@ object store.  The API follows Ray's core API; see SPEC.md in the project for th
     for ref in squares.remote(3):      # items arrive while the task runs
         print(pygen.get(ref))
 """
-from . import exceptions
+from . import exceptions, state
 from .api import cancel, get, init, is_initialized, put, remote, shutdown, wait
 from .generators import DynamicObjectRefGenerator, ObjectRefGenerator
 from .object_ref import ObjectRef
@@ -23,10 +23,3 @@ __all__ = [
     "ObjectRef", "ObjectRefGenerator", "DynamicObjectRefGenerator", "exceptions", "state",
 ]
 
-
-def __getattr__(name: str):
-    if name == "state":  # imported on first use: the driver-only introspection module
-        from . import state
-
-        return state
-    raise AttributeError(f"module 'pygen' has no attribute {name!r}")
