@@ -124,6 +124,8 @@ cdef int _raise_status(int rc, str op, object oid=None, object requested=None,
             f"{detail}: use a smaller object_store_memory, or make /dev/shm larger "
             f"(e.g. `sudo mount -o remount,size=<bytes> /dev/shm`)", requested, available)
     if rc == STORE_ERR_ABSENT:
+        if oid is None:   # a store, not an object, is missing: the core says which
+            raise ObjectNotFoundError(f"{op}: {detail}")
         raise ObjectNotFoundError(f"object{what} is not in the object store ({op})")
     if rc == STORE_ERR_EXISTS:
         raise ObjectExistsError(f"object{what} already exists in the object store ({op})")

@@ -150,6 +150,16 @@ static inline void unlock(store_t *s) { pthread_mutex_unlock(&s->hdr->lock); }
 
 /* ---- pins and frees (lock held) ------------------------------------------------- */
 
+/* Does this handle still own its slot?  Not if someone released it, taking us for dead
+ * (store_release_slot); then we must not pin or create any more. */
+static inline int own_slot(const store_t *s)
+{
+    const slot_rec_t *r = &s->slots[s->slot];
+    return r->in_use && r->pid == s->pid;
+}
+
+#define SLOT_LOST_MSG "this process's slot %u was released (taken for dead): attach again"
+
 static inline table_entry_t *ent(store_t *s, uint32_t e) { return table_entry(&s->table, e); }
 
 static void pin_locked(store_t *s, uint32_t e)
@@ -217,6 +227,8 @@ static int unpin_locked(store_t *s, uint32_t e)
     if (--s->local_pins[e] > 0)
         return STORE_OK;
     table_entry_t *en = ent(s, e);
+    if (!table_pin_test(en, s->slot))
+        return STORE_OK;   /* our slot was released for us: the shared pin is already gone */
     table_pin_clear(en, s->slot);
     FAULT_POINT(FAULT_UNPIN);
     if (--en->npin_slots == 0) {
@@ -659,6 +671,10 @@ int store_create_object(store_t *s, const uint8_t *id, uint64_t data_size, uint6
     if (rc != STORE_OK)
         return rc;
     table_t *t = &s->table;
+    if (!own_slot(s)) {
+        unlock(s);
+        return store_fail(STORE_ERR_INVALID, SLOT_LOST_MSG, s->slot);
+    }
     if (table_find(t, id) != TABLE_NIL) {
         unlock(s);
         return STORE_ERR_EXISTS;
@@ -787,6 +803,8 @@ static int look_locked(store_t *s, const uint8_t *id, store_obj_t *out, uint32_t
     if (atomic_load_explicit(&en->state, memory_order_relaxed) != ENTRY_SEALED)
         return STORE_ERR_NOT_SEALED;
     if (out) {
+        if (!own_slot(s))
+            return store_fail(STORE_ERR_INVALID, SLOT_LOST_MSG, s->slot);
         pin_locked(s, e);
         fill_obj(s, e, out);
     }

@@ -1,0 +1,143 @@
+"""pygen.serialization through the binding: one copy on write, none on read."""
+from __future__ import annotations
+
+import gc
+import pickle
+
+import numpy as np
+import pytest
+
+from pygen import _store, serialization
+from pygen.serialization import deserialize, serialize
+
+from .conftest import MiB, oid
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _arena_span(buf):
+    """[lo, hi) addresses of an ObjectBuffer's data region in this process."""
+    lo = np.frombuffer(buf, dtype=np.uint8).__array_interface__["data"][0]
+    return lo, lo + len(buf)
+
+
+def _ptr(arr):
+    return arr.__array_interface__["data"][0]
+
+
+def test_numpy_round_trip_is_zero_copy(store):
+    a = np.random.default_rng(0).standard_normal((500, 300))
+    v = serialize(a)
+    assert len(v.buffers) == 1
+    v.write_to(store, oid(1))
+    assert store.contains(oid(1))
+    buf = store.get(oid(1))
+    flags, out = deserialize(buf)
+    assert flags == 0
+    assert np.array_equal(out, a)
+    assert not out.flags.writeable
+    lo, hi = _arena_span(buf)
+    assert lo <= _ptr(out) < hi and _ptr(out) + out.nbytes <= hi
+    # the array's base chain ends in the ObjectBuffer: it holds the pin
+    base = out
+    while getattr(base, "base", None) is not None and not isinstance(base, memoryview):
+        base = base.base
+    assert isinstance(base, memoryview) and base.obj is buf
+    del base
+    with pytest.raises(ValueError):
+        out[0, 0] = 1.0
+    del buf
+    gc.collect()
+    assert store.info(oid(1))["pins_here"] == 1        # the array keeps it pinned
+    assert store.delete(oid(1)) is False
+    assert float(out.sum()) == pytest.approx(float(a.sum()))
+    del out
+    assert store.stats()["objects"] == 0
+
+
+def test_frombuffer_and_pickle_buffers_copy_nothing(store):
+    a = np.arange(1 << 16, dtype=np.int64)
+    serialize(a).write_to(store, oid(2))
+    buf = store.get(oid(2))
+    lo, hi = _arena_span(buf)
+    raw = np.frombuffer(buf, dtype=np.int64)
+    assert _ptr(raw) == lo and np.shares_memory(raw, np.frombuffer(buf, dtype=np.uint8))
+    # pickle 5 with our own buffers: the loaded array views them
+    stream = pickle.dumps(a, protocol=5, buffer_callback=lambda pb: None)
+    b2 = pickle.loads(stream, buffers=[buf.data[: a.nbytes]])
+    assert lo <= _ptr(b2) < hi and np.shares_memory(b2, raw)
+    assert np.array_equal(b2, a)
+    del raw, b2, buf
+
+
+def test_one_copy_on_write(store, monkeypatch):
+    a = np.ones(3 * MiB, dtype=np.uint8)
+    copies = []
+    real = _store.copy_into
+
+    def counting(dst, off, src):
+        copies.append(memoryview(src).nbytes)
+        return real(dst, off, src)
+
+    monkeypatch.setattr(_store, "copy_into", counting)
+    serialize(a).write_to(store, oid(3))
+    assert copies == [a.nbytes]   # the array's bytes are copied once, straight in
+    buf = store.get(oid(3))
+    _, out = deserialize(buf)
+    assert out.nbytes == a.nbytes and int(out[-1]) == 1
+    del out, buf
+
+
+def test_several_buffers_and_plain_values(store):
+    value = {"x": np.arange(10), "y": np.zeros((3, 3), dtype=np.float32).T, "z": "text",
+             "w": list(range(5))}
+    serialize(value).write_to(store, oid(4))
+    _, out = deserialize(store.get(oid(4)))
+    assert out["z"] == "text" and out["w"] == list(range(5))
+    assert np.array_equal(out["x"], value["x"]) and np.array_equal(out["y"], value["y"])
+    serialize(12345).write_to(store, oid(5))
+    assert deserialize(store.get(oid(5))) == (0, 12345)
+    err = ValueError("boom")
+    serialize(err, error=True).write_to(store, oid(6))
+    flags, e = deserialize(store.get(oid(6)))
+    assert flags == serialization.FLAG_ERROR and isinstance(e, ValueError)
+    del out
+
+
+def test_inline_bytes_same_reader(store):
+    a = np.arange(100, dtype=np.int16)
+    data = serialize(a).to_bytes()
+    _, out = deserialize(data)
+    assert np.array_equal(out, a)
+
+
+def test_write_failure_aborts(store):
+    class Bad:
+        def __reduce__(self):
+            raise RuntimeError("cannot pickle")
+
+    with pytest.raises(RuntimeError):
+        serialize(Bad()).write_to(store, oid(7))
+    assert store.info(oid(7)) is None
+    v = serialize(np.arange(1000))
+    v.buffers[0] = memoryview(bytes(100_000))   # bigger than measured: the copy fails ...
+    with pytest.raises(ValueError, match="does not fit"):
+        v.write_to(store, oid(8))
+    assert store.info(oid(8)) is None           # ... and the half-written object is aborted
+    gc.collect()
+    assert store.stats()["objects"] == 0
+
+
+def test_too_large_value(make_store):
+    s = make_store(1 * MiB)
+    a = np.zeros(2 * MiB, dtype=np.uint8)
+    v = serialize(a)
+    with pytest.raises(_store_full()) as ei:
+        v.write_to(s, oid(9))
+    assert "is larger than the whole object store of 1048576 bytes" in str(ei.value)
+    assert s.stats()["objects"] == 0
+
+
+def _store_full():
+    from pygen.exceptions import ObjectStoreFullError
+    return ObjectStoreFullError
