@@ -1,0 +1,460 @@
+"""Errors (SPEC §2, §6): TaskError, unpicklable errors and values, worker crashes, retries,
+failed arguments.
+
+Crash and retry tests count attempts with marker files in ``tmp_path``: one file per
+attempt, so the driver can tell exactly how often a task ran.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+import pygen
+from pygen.exceptions import PygenError, TaskError, WorkerCrashedError
+
+from conftest import child_pids, wait_until
+
+pytestmark = pytest.mark.usefixtures("session")
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+def attempt(directory: str) -> int:
+    """Record one attempt in ``directory``; returns its number (1, 2, ...)."""
+    n = len(os.listdir(directory)) + 1
+    open(os.path.join(directory, f"attempt-{n}-{os.getpid()}"), "w").close()
+    return n
+
+
+def attempts(directory) -> int:
+    return len(os.listdir(directory))
+
+
+def crash(how: str) -> None:
+    if how == "exit":
+        os._exit(1)
+    elif how == "sigkill":
+        os.kill(os.getpid(), 9)
+        time.sleep(10)
+    elif how == "segfault":
+        import ctypes
+        ctypes.string_at(0)
+    raise AssertionError(how)
+
+
+def pool_pids() -> set:
+    return set(child_pids())
+
+
+class MyError(Exception):
+    pass
+
+
+class OtherError(Exception):
+    pass
+
+
+class TwoArgError(Exception):
+    """An exception whose constructor takes more than a message."""
+
+    def __init__(self, code, detail):
+        super().__init__(f"code={code} detail={detail}")
+        self.code = code
+        self.detail = detail
+
+
+class ReducingTwoArgError(Exception):
+    """Like TwoArgError, but pickles correctly (defines __reduce__)."""
+
+    def __init__(self, code, detail):
+        super().__init__(f"code={code} detail={detail}")
+        self.code = code
+        self.detail = detail
+
+    def __reduce__(self):
+        return (ReducingTwoArgError, (self.code, self.detail))
+
+
+class LockError(Exception):
+    """Cannot be pickled: it holds a lock."""
+
+    def __init__(self, message):
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+@pygen.remote
+def raise_value_error(msg):
+    raise ValueError(msg)
+
+
+@pygen.remote
+def raise_error(cls, *args):
+    raise cls(*args)
+
+
+@pygen.remote
+def identity(x):
+    return x
+
+
+@pygen.remote
+def getpid():
+    return os.getpid()
+
+
+# -- TaskError ------------------------------------------------------------------------------
+
+def test_task_error_has_traceback_cause_and_cause_class():
+    with pytest.raises(TaskError) as info:
+        pygen.get(raise_value_error.remote("bad value 42"), timeout=30)
+    err = info.value
+    assert isinstance(err, ValueError)
+    assert isinstance(err, PygenError)
+    assert isinstance(err.cause, ValueError)
+    assert str(err.cause) == "bad value 42"
+    text = str(err)
+    assert "Traceback" in text
+    assert "raise_value_error" in text          # the remote frame
+    assert "bad value 42" in text
+    assert "ValueError" in text
+
+
+def test_remote_value_error_is_caught_by_except_value_error():
+    try:
+        pygen.get(raise_value_error.remote("x"), timeout=30)
+    except ValueError as err:
+        assert isinstance(err, TaskError)
+    else:
+        pytest.fail("no error")
+
+
+def test_custom_exception_class():
+    with pytest.raises(MyError) as info:
+        pygen.get(raise_error.remote(MyError, "custom"), timeout=30)
+    assert isinstance(info.value, TaskError)
+    assert type(info.value.cause) is MyError
+    assert "custom" in str(info.value)
+
+
+def test_locally_defined_exception_class():
+    class LocalError(KeyError):
+        pass
+
+    @pygen.remote
+    def boom():
+        raise LocalError("local")
+
+    with pytest.raises(TaskError) as info:
+        pygen.get(boom.remote(), timeout=30)
+    assert isinstance(info.value, KeyError)
+    assert type(info.value.cause).__name__ == "LocalError"
+
+
+def test_error_is_the_same_on_every_get():
+    ref = raise_value_error.remote("again")
+    for _ in range(3):
+        with pytest.raises(ValueError, match="again"):
+            pygen.get(ref, timeout=30)
+
+
+def test_get_of_a_list_raises_the_error_of_the_failed_ref():
+    ok = identity.remote(1)
+    bad = raise_value_error.remote("in a list")
+    with pytest.raises(ValueError, match="in a list"):
+        pygen.get([ok, bad], timeout=30)
+    assert pygen.get(ok) == 1
+
+
+def test_unpicklable_return_value_is_a_task_error():
+    @pygen.remote
+    def returns_lock():
+        return threading.Lock()
+
+    with pytest.raises(TaskError) as info:
+        pygen.get(returns_lock.remote(), timeout=30)
+    err = info.value
+    assert isinstance(err, TypeError)
+    text = str(err)
+    assert "returns_lock" in text
+    assert "pickle" in text and "lock" in text
+    # the worker survives and runs the next task
+    assert pygen.get(identity.remote(5), timeout=30) == 5
+
+
+def test_unpicklable_argument_fails_at_remote_time():
+    with pytest.raises(TypeError, match="pickle"):
+        identity.remote(threading.Lock())
+    with pytest.raises(TypeError, match="pickle"):
+        identity.remote(x=threading.Lock())
+    assert pygen.get(identity.remote(1), timeout=30) == 1
+
+
+def test_error_inside_nested_task_propagates_through_the_parent():
+    @pygen.remote
+    def parent():
+        return pygen.get(raise_value_error.remote("deep"))
+
+    with pytest.raises(ValueError, match="deep") as info:
+        pygen.get(parent.remote(), timeout=30)
+    assert isinstance(info.value, TaskError)
+
+
+def test_failed_argument_fails_the_dependent_task(tmp_path):
+    @pygen.remote
+    def consumer(x, marker):
+        open(marker, "w").close()
+        return x
+
+    marker = str(tmp_path / "ran")
+    bad = raise_value_error.remote("upstream failure")
+    out = consumer.remote(bad, marker)
+    with pytest.raises(ValueError, match="upstream failure") as info:
+        pygen.get(out, timeout=30)
+    assert isinstance(info.value, TaskError)
+    assert not os.path.exists(marker)
+
+
+def test_failed_argument_that_fails_later(tmp_path):
+    @pygen.remote
+    def slow_fail():
+        time.sleep(0.3)
+        raise MyError("late")
+
+    @pygen.remote
+    def consumer(x, marker):
+        open(marker, "w").close()
+        return x
+
+    marker = str(tmp_path / "ran")
+    out = consumer.remote(slow_fail.remote(), marker)
+    with pytest.raises(MyError, match="late"):
+        pygen.get(out, timeout=30)
+    assert not os.path.exists(marker)
+
+
+def test_nested_failed_ref_stays_a_ref():
+    @pygen.remote
+    def inspect_list(refs):
+        try:
+            pygen.get(refs[0])
+        except ValueError as exc:
+            return f"caught {exc.cause}"
+        return "no error"
+
+    bad = raise_value_error.remote("nested")
+    assert pygen.get(inspect_list.remote([bad]), timeout=30) == "caught nested"
+
+
+# -- worker crashes -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("how", ["exit", "sigkill", "segfault"])
+def test_worker_crash_raises_worker_crashed_error_quickly(how):
+    @pygen.remote(max_retries=0)
+    def dies(how):
+        crash(how)
+
+    pygen.get([identity.remote(0), identity.remote(0)], timeout=30)  # the pool is up
+    t0 = time.monotonic()
+    ref = dies.remote(how)
+    with pytest.raises(WorkerCrashedError) as info:
+        pygen.get(ref, timeout=10)
+    elapsed = time.monotonic() - t0
+    assert elapsed < 1.0, f"took {elapsed:.2f} s"
+    assert not isinstance(info.value, TaskError)
+    assert "dies" in str(info.value)
+
+
+def test_crash_error_says_how_the_worker_died():
+    @pygen.remote(max_retries=0)
+    def dies(how):
+        crash(how)
+
+    with pytest.raises(WorkerCrashedError, match="SIGKILL"):
+        pygen.get(dies.remote("sigkill"), timeout=10)
+    with pytest.raises(WorkerCrashedError, match="SIGSEGV"):
+        pygen.get(dies.remote("segfault"), timeout=10)
+    with pytest.raises(WorkerCrashedError, match="code 1"):
+        pygen.get(dies.remote("exit"), timeout=10)
+
+
+def test_many_crashes_in_a_row_leave_a_working_pool():
+    @pygen.remote(max_retries=0)
+    def dies():
+        os._exit(3)
+
+    refs = [dies.remote() for _ in range(6)]
+    for ref in refs:
+        with pytest.raises(WorkerCrashedError):
+            pygen.get(ref, timeout=20)
+    assert pygen.get([identity.remote(i) for i in range(10)], timeout=30) == list(range(10))
+    assert wait_until(lambda: len(child_pids()) == 2, 10), child_pids()
+
+
+def test_crash_fails_only_the_task_of_the_dead_worker():
+    @pygen.remote(max_retries=0)
+    def dies_later():
+        time.sleep(0.2)
+        os._exit(1)
+
+    @pygen.remote
+    def slow_ok():
+        time.sleep(0.5)
+        return "ok"
+
+    good = slow_ok.remote()
+    bad = dies_later.remote()
+    with pytest.raises(WorkerCrashedError):
+        pygen.get(bad, timeout=10)
+    assert pygen.get(good, timeout=10) == "ok"
+
+
+# -- retries --------------------------------------------------------------------------------
+
+@pygen.remote
+def crash_until(directory, succeed_on, how="exit"):
+    n = attempt(directory)
+    if n < succeed_on:
+        crash(how)
+    return n
+
+
+def test_crash_retried_until_success(tmp_path):
+    ref = crash_until.options(max_retries=2).remote(str(tmp_path), 3)
+    assert pygen.get(ref, timeout=30) == 3
+    assert attempts(tmp_path) == 3
+
+
+def test_crash_retries_run_out(tmp_path):
+    ref = crash_until.options(max_retries=1).remote(str(tmp_path), 3)
+    with pytest.raises(WorkerCrashedError):
+        pygen.get(ref, timeout=30)
+    assert attempts(tmp_path) == 2
+
+
+def test_default_max_retries_is_three(tmp_path):
+    ref = crash_until.remote(str(tmp_path), 100, "sigkill")
+    with pytest.raises(WorkerCrashedError):
+        pygen.get(ref, timeout=30)
+    assert attempts(tmp_path) == 4
+
+
+def test_max_retries_zero_runs_once(tmp_path):
+    ref = crash_until.options(max_retries=0).remote(str(tmp_path), 2)
+    with pytest.raises(WorkerCrashedError):
+        pygen.get(ref, timeout=30)
+    assert attempts(tmp_path) == 1
+
+
+def test_retried_task_with_multiple_returns(tmp_path):
+    @pygen.remote(num_returns=2, max_retries=2)
+    def pair(directory):
+        n = attempt(directory)
+        if n < 2:
+            os._exit(1)
+        return n, n * 10
+
+    assert pygen.get(pair.remote(str(tmp_path)), timeout=30) == [2, 20]
+
+
+@pygen.remote
+def raise_until(directory, succeed_on, cls):
+    n = attempt(directory)
+    if n < succeed_on:
+        raise cls(f"attempt {n}")
+    return n
+
+
+def test_application_errors_are_not_retried_by_default(tmp_path):
+    ref = raise_until.options(max_retries=5).remote(str(tmp_path), 3, MyError)
+    with pytest.raises(MyError, match="attempt 1"):
+        pygen.get(ref, timeout=30)
+    assert attempts(tmp_path) == 1
+
+
+def test_retry_exceptions_true(tmp_path):
+    ref = raise_until.options(retry_exceptions=True, max_retries=3).remote(
+        str(tmp_path), 3, MyError)
+    assert pygen.get(ref, timeout=30) == 3
+    assert attempts(tmp_path) == 3
+
+
+def test_retry_exceptions_true_respects_max_retries(tmp_path):
+    ref = raise_until.options(retry_exceptions=True, max_retries=1).remote(
+        str(tmp_path), 5, MyError)
+    with pytest.raises(MyError, match="attempt 2"):
+        pygen.get(ref, timeout=30)
+    assert attempts(tmp_path) == 2
+
+
+def test_retry_exceptions_list_retries_listed_classes(tmp_path):
+    ref = raise_until.options(retry_exceptions=[MyError], max_retries=3).remote(
+        str(tmp_path), 3, MyError)
+    assert pygen.get(ref, timeout=30) == 3
+    assert attempts(tmp_path) == 3
+
+
+def test_retry_exceptions_list_includes_subclasses(tmp_path):
+    ref = raise_until.options(retry_exceptions=[LookupError], max_retries=3).remote(
+        str(tmp_path), 2, KeyError)
+    assert pygen.get(ref, timeout=30) == 2
+
+
+def test_retry_exceptions_list_does_not_retry_other_classes(tmp_path):
+    ref = raise_until.options(retry_exceptions=[MyError], max_retries=3).remote(
+        str(tmp_path), 3, OtherError)
+    with pytest.raises(OtherError, match="attempt 1"):
+        pygen.get(ref, timeout=30)
+    assert attempts(tmp_path) == 1
+
+
+def test_retry_exceptions_with_locally_defined_class(tmp_path):
+    class Flaky(Exception):
+        pass
+
+    @pygen.remote(retry_exceptions=[Flaky], max_retries=2)
+    def flaky(directory):
+        n = attempt(directory)
+        if n < 3:
+            raise Flaky(n)
+        return "done"
+
+    assert pygen.get(flaky.remote(str(tmp_path)), timeout=30) == "done"
+    assert attempts(tmp_path) == 3
+
+
+def test_crash_still_retried_with_retry_exceptions_list(tmp_path):
+    ref = crash_until.options(retry_exceptions=[MyError], max_retries=2).remote(
+        str(tmp_path), 2)
+    assert pygen.get(ref, timeout=30) == 2
+
+
+# -- tests with their own session (last: the module's session is shut down by them) --
+
+def test_crashed_worker_is_replaced(fresh, tmp_path):
+    fresh(num_cpus=2)  # its own pool: no extra workers lent out by earlier tests
+
+    @pygen.remote(max_retries=0)
+    def die_and_tell(path):
+        with open(path, "w") as f:
+            f.write(str(os.getpid()))
+        crash("sigkill")
+
+    assert wait_until(lambda: len(child_pids()) == 2, 10), child_pids()
+    before = pool_pids()
+    path = str(tmp_path / "pid")
+    with pytest.raises(WorkerCrashedError) as info:
+        pygen.get(die_and_tell.remote(path), timeout=10)
+    dead = int(open(path).read())
+    assert dead in before
+    assert f"pid {dead}" in str(info.value)
+    # the pool has its size again, without the dead worker
+    assert wait_until(lambda: len(child_pids()) == 2 and dead not in child_pids(), 10), \
+        (dead, child_pids())
+    # and tasks run there
+    pids = set(pygen.get([getpid.remote() for _ in range(20)], timeout=30))
+    assert dead not in pids
+    assert pids <= set(child_pids())
