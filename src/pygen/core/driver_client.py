@@ -7,6 +7,7 @@ spin it sleeps on an ``Event`` that the node's I/O thread sets.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any, Callable, List, Optional, Sequence
@@ -62,7 +63,8 @@ class DriverClient:
         spin_end = time.perf_counter() + SPIN_SECONDS
         while not event.is_set():
             if time.perf_counter() < spin_end:
-                poll(0)
+                if not poll(0):
+                    os.sched_yield()
                 continue
             if deadline is None:
                 event.wait()

@@ -28,6 +28,7 @@ import os
 import pickle
 import signal
 import threading
+import time
 from typing import Any, Dict, List, Optional, Tuple
 
 import cloudpickle
@@ -43,12 +44,14 @@ from .worker_client import WorkerClient
 class Running:
     """The task this worker is executing now."""
 
-    __slots__ = ("task_id", "attempt", "name", "kind", "num_returns", "skip", "backpressure",
-                 "retry_exceptions", "in_user", "async_task", "cancelled")
+    __slots__ = ("task_id", "attempt", "fn_id", "name", "kind", "num_returns", "skip",
+                 "backpressure", "retry_exceptions", "in_user", "async_task", "cancelled",
+                 "started")
 
     def __init__(self, msg: tuple) -> None:
-        (_, self.task_id, self.attempt, _fn_id, _blob, self.name, _args, _deps, self.kind,
+        (_, self.task_id, self.attempt, self.fn_id, _blob, self.name, _args, _deps, self.kind,
          self.num_returns, self.skip, self.backpressure, retry_exc) = msg[:13]
+        self.started = time.perf_counter()
         self.retry_exceptions = retry_exc
         self.in_user = False
         self.async_task: Optional[asyncio.Task] = None
@@ -74,6 +77,16 @@ class Executor:
         kind = msg[0]
         if kind == protocol.EXEC:
             self.client.inbox.append(msg)
+        elif kind == protocol.RECLAIM:
+            # the node takes back tasks queued here that have not started
+            wanted = set(msg[1])
+            inbox = self.client.inbox
+            given = [m[1] for m in inbox if m[0] == protocol.EXEC and m[1] in wanted]
+            if given:
+                kept = [m for m in inbox if not (m[0] == protocol.EXEC and m[1] in wanted)]
+                inbox.clear()
+                inbox.extend(kept)
+            self.client.send((protocol.RECLAIMED, given))
         elif kind == protocol.CANCEL:
             self.cancelled.add(msg[1])
         elif kind == protocol.ACK:
@@ -114,8 +127,18 @@ class Executor:
             if inbox:
                 self.execute(inbox.popleft())
                 continue
-            self.client.flush_refs()
+            self.client.flush()
             self.client.pump(1.0)
+
+    def _report(self, state: Running, msg: tuple) -> None:
+        """Send a task's result; batch it while short tasks wait in the inbox.
+
+        The node queues a task here only when its function is short, so holding a result
+        back until the inbox is empty delays it by at most a few short tasks.
+        """
+        seconds = time.perf_counter() - state.started
+        inbox = self.client.inbox
+        self.client.send(msg + (seconds,), flush=not inbox or len(inbox) > 64)
 
     def execute(self, msg: tuple) -> None:
         state = Running(msg)
@@ -131,6 +154,10 @@ class Executor:
 
     def _execute(self, state: Running, msg: tuple) -> None:
         fn_id, blob, args_payload, deps = msg[3], msg[4], msg[6], msg[7]
+        if state.task_id in self.cancelled:  # cancelled while it waited in the inbox
+            state.cancelled = True
+            self._fail(state, TaskCancelledError(f"task {state.name} was cancelled"))
+            return
         try:
             fn = self.functions.get(fn_id)
             if fn is None:
@@ -212,7 +239,7 @@ class Executor:
             self._fail(state, exc)
             return
         del values, result
-        self.client.send((protocol.RESULT, state.task_id, state.attempt, returns, False))
+        self._report(state, (protocol.RESULT, state.task_id, state.attempt, returns, False))
 
     def _error_payload(self, state: Running, exc: BaseException) -> Tuple[tuple, bool]:
         """Encode the error for ``exc`` (always inline) and whether it may be retried."""
@@ -238,11 +265,12 @@ class Executor:
         payload, retryable = self._error_payload(state, exc)
         if state.kind == protocol.RETURNS_STATIC:
             returns = [(i, payload, []) for i in range(state.num_returns)]
-            self.client.send((protocol.RESULT, state.task_id, state.attempt, returns, retryable))
+            self._report(state, (protocol.RESULT, state.task_id, state.attempt, returns,
+                                 retryable))
         else:
             end = protocol.END_CANCELLED if state.cancelled else protocol.END_RAISED
-            self.client.send((protocol.END, state.task_id, state.attempt, 0, payload, [],
-                              retryable, end))
+            self._report(state, (protocol.END, state.task_id, state.attempt, 0, payload, [],
+                                 retryable, end))
 
     # -- generators ------------------------------------------------------------------------------
     def _run_generator(self, state: Running, gen: Any) -> None:
@@ -363,8 +391,8 @@ class Executor:
                 end_kind, value = protocol.END_RAISED, exc
         if end_kind in (protocol.END_RAISED, protocol.END_CANCELLED):
             payload, retryable = self._error_payload(state, value)
-        self.client.send((protocol.END, state.task_id, state.attempt, count, payload, contained,
-                          retryable, end_kind))
+        self._report(state, (protocol.END, state.task_id, state.attempt, count, payload,
+                             contained, retryable, end_kind))
 
 
 def _matches(spec: Any, exc: BaseException) -> bool:

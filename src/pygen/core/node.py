@@ -49,6 +49,13 @@ IDLE_WORKER_TIMEOUT = 10.0
 MEMORY_POLL_INTERVAL = 0.05
 # Upper bound on worker processes for plain tasks (blocked workers lend their CPUs out).
 MAX_EXTRA_WORKERS = 64
+# Pipelining: a function whose recent runs took less than PIPELINE_MAX_SECONDS (after
+# PIPELINE_MIN_RUNS runs) may be queued on a busy worker, up to PIPELINE_DEPTH tasks per
+# worker.  A round trip costs 20-300 us here, so for short tasks the worker would
+# otherwise idle between tasks; long tasks are never queued behind one another.
+PIPELINE_DEPTH = 8
+PIPELINE_MIN_RUNS = 3
+PIPELINE_MAX_SECONDS = 0.002
 FINISHED_TASK_HISTORY = 1000
 
 
@@ -103,6 +110,8 @@ class Node:
         self._forwarders: Dict[int, output.LineForwarder] = {}
         self._monitoring = False
         self._dropped_refs: Deque[bytes] = collections.deque()  # the driver's lost refs
+        self._dirty: Set[workers.WorkerHandle] = set()  # workers with queued messages
+        self.fn_stats: Dict[bytes, list] = {}  # fn_id -> [runs, mean seconds] (pipelining)
         self.driver_refs: Dict[bytes, int] = {}
 
     # == start and stop ================================================================
@@ -125,7 +134,7 @@ class Node:
             busy = [w for w in self.workers.values() if w.task is not None or w.actor is not None]
             for w in self.workers.values():
                 try:
-                    w.conn.send((protocol.EXIT,))
+                    self._send(w, (protocol.EXIT,))
                     w.conn.flush()
                 except OSError:
                     pass
@@ -182,7 +191,13 @@ class Node:
 
     # == callbacks run outside the lock ==================================================
     def _run_callbacks(self) -> None:
+        """After a batch of work: write the queued messages, then run queued callbacks."""
+        if self._dirty:
+            with self.lock:
+                self._flush()
         while True:
+            if not self.objects.callbacks:  # a plain read: appends happen under the lock
+                return
             with self.lock:
                 callbacks = self.objects.take_callbacks()
             if not callbacks:
@@ -371,15 +386,48 @@ class Node:
             if task.state != QUEUED:
                 self.ready.popleft()
                 continue
-            need = task.spec.num_cpus
-            if need > self.free_cpus + 1e-9:
-                return
             w = self._idle_worker()
+            if w is not None:
+                if task.spec.num_cpus > self.free_cpus + 1e-9:
+                    self.idle.append(w)
+                    return
+                self.ready.popleft()
+                self._assign(task, w)
+                continue
+            w = self._pipeline_target(task)
             if w is None:
-                self._maybe_spawn()
+                if task.spec.num_cpus <= self.free_cpus + 1e-9:
+                    self._maybe_spawn()
                 return
             self.ready.popleft()
-            self._run_on(task, w)
+            self._assign(task, w)
+
+    def _is_short(self, fn_id: bytes) -> bool:
+        stats = self.fn_stats.get(fn_id)
+        return stats is not None and stats[0] >= PIPELINE_MIN_RUNS and stats[1] < PIPELINE_MAX_SECONDS
+
+    def _pipeline_target(self, task: Task) -> Optional[workers.WorkerHandle]:
+        """A busy worker to queue ``task`` behind, if it and what it runs are all short."""
+        spec = task.spec
+        if spec.returns_kind != protocol.RETURNS_STATIC or not self._is_short(spec.fn_id):
+            return None
+        best = None
+        for w in self.workers.values():
+            if (w.state != workers.BUSY or w.blocked or w.actor is not None
+                    or len(w.tasks) >= PIPELINE_DEPTH
+                    or not all(self._is_short(t.spec.fn_id) for t in w.tasks)):
+                continue
+            if best is None or len(w.tasks) < len(best.tasks):
+                best = w
+        return best
+
+    def _record_run_time(self, fn_id: bytes, seconds: float) -> None:
+        stats = self.fn_stats.get(fn_id)
+        if stats is None:
+            self.fn_stats[fn_id] = [1, seconds]
+        else:
+            stats[0] += 1
+            stats[1] += (seconds - stats[1]) * 0.2  # recent runs weigh most
 
     def _idle_worker(self) -> Optional[workers.WorkerHandle]:
         while self.idle:
@@ -398,13 +446,15 @@ class Node:
         self.starting += 1
         self.reactor.call_soon(self._spawn_worker)
 
-    def _run_on(self, task: Task, w: workers.WorkerHandle) -> None:
+    def _assign(self, task: Task, w: workers.WorkerHandle) -> None:
+        """Send ``task`` to ``w``: it runs now if ``w`` is idle, else right after the others."""
         spec = task.spec
         task.state = RUNNING
         task.worker = w
-        w.task = task
-        w.state = workers.BUSY
-        self.free_cpus -= spec.num_cpus
+        w.tasks.append(task)
+        if len(w.tasks) == 1:
+            w.state = workers.BUSY
+            self.free_cpus -= spec.num_cpus
         blob = None
         if spec.fn_id not in w.sent_functions:
             blob = self.functions[spec.fn_id]
@@ -417,16 +467,26 @@ class Node:
             skip = task.stream.handed_out
         else:
             skip = 0
-        w.conn.send((protocol.EXEC, spec.task_id, task.attempt, spec.fn_id, blob, spec.name,
-                     spec.args, deps, spec.returns_kind, spec.num_returns, skip,
-                     spec.backpressure, spec.retry_exceptions))
-        self._flush_later(w)
+        self._send(w, (protocol.EXEC, spec.task_id, task.attempt, spec.fn_id, blob, spec.name,
+                       spec.args, deps, spec.returns_kind, spec.num_returns, skip,
+                       spec.backpressure, spec.retry_exceptions))
         if spec.memory is not None or self.worker_memory_limit is not None:
             self._start_memory_monitor()
 
-    def _flush_later(self, w: workers.WorkerHandle) -> None:
-        if w.conn.pending_output:
-            self.reactor.rearm(w.conn.fd, write=True)
+    def _send(self, w: workers.WorkerHandle, msg: tuple) -> None:
+        """Queue ``msg`` for ``w``; it is written with the rest of the batch (``_flush``)."""
+        w.conn.queue(msg)
+        self._dirty.add(w)
+
+    def _flush(self) -> None:
+        """Write every queued message: one syscall per worker per batch."""
+        while self._dirty:
+            w = self._dirty.pop()
+            try:
+                if not w.conn.flush():  # the socket is full: the reactor finishes the job
+                    self.reactor.rearm(w.conn.fd, write=True)
+            except OSError:
+                pass  # the worker is gone; its death is being handled
 
     # == results ================================================================================
     def _current(self, w: workers.WorkerHandle, task_id: bytes, attempt: int) -> Optional[Task]:
@@ -436,26 +496,46 @@ class Node:
             return None
         return task
 
-    def _release_worker(self, task: Task) -> None:
+    def _unassign(self, task: Task) -> None:
+        """Take ``task`` off its worker; the worker's next task (if any) starts running."""
         w = task.worker
         task.worker = None
         if w is None:
             return
+        was_running = bool(w.tasks) and w.tasks[0] is task
+        try:
+            w.tasks.remove(task)
+        except ValueError:
+            return
+        if not was_running:
+            return
         if not w.blocked:
             self.free_cpus += task.spec.num_cpus
         w.blocked = False
-        w.task = None
-        if w.state == workers.BUSY:
+        if w.tasks:
+            self.free_cpus -= w.tasks[0].spec.num_cpus
+        elif w.state == workers.BUSY:
             w.state = workers.IDLE
             w.idle_since = time.monotonic()
             self.idle.append(w)
 
+    def on_reclaimed(self, w: workers.WorkerHandle, msg: tuple) -> None:
+        """The worker gave back tasks it had not started: queue them again, first."""
+        for task_id in reversed(msg[1]):
+            task = self.tasks.get(task_id)
+            if task is not None and task.worker is w and task is not w.task:
+                self._unassign(task)
+                task.state = QUEUED
+                self.ready.appendleft(task)
+        self._dispatch()
+
     def on_result(self, w: workers.WorkerHandle, msg: tuple) -> None:
-        _, task_id, attempt, returns, retryable = msg
+        _, task_id, attempt, returns, retryable, seconds = msg
         task = self._current(w, task_id, attempt)
         if task is None:
             return
-        self._release_worker(task)
+        self._record_run_time(task.spec.fn_id, seconds)
+        self._unassign(task)
         if task.cancelled:
             self._fail(task, self._system_error(TaskCancelledError(
                 f"task {task.spec.name} was cancelled")))
@@ -503,11 +583,12 @@ class Node:
                 pass
 
     def on_end(self, w: workers.WorkerHandle, msg: tuple) -> None:
-        _, task_id, attempt, count, payload, contained, retryable, end_kind = msg
+        _, task_id, attempt, count, payload, contained, retryable, end_kind, seconds = msg
         task = self._current(w, task_id, attempt)
         if task is None:
             return
-        self._release_worker(task)
+        self._record_run_time(task.spec.fn_id, seconds)
+        self._unassign(task)
         if task.cancelled:
             self._fail(task, self._system_error(TaskCancelledError(
                 f"task {task.spec.name} was cancelled")))
@@ -594,7 +675,7 @@ class Node:
         if task in self.ready:
             self.ready.remove(task)
         if task.worker is not None:
-            self._release_worker(task)
+            self._unassign(task)
         count = len(task.stream.items) if task.stream is not None else task.reported
         task.error = task.error or _error_text(error)
         self._end_outputs(task, count, error, [], protocol.END_RAISED)
@@ -639,12 +720,15 @@ class Node:
         w = task.worker
         if w is None:
             return
-        if force:
+        if force and w.task is task:
             task.force = True
             _kill(w.pid)  # its death is reported as the cancellation, never retried
-        else:
-            w.conn.send((protocol.CANCEL, task_id, False))
-            self._flush_later(w)
+            return
+        self._send(w, (protocol.CANCEL, task_id, False))
+        self._flush()  # the message must be there before the signal arrives
+        if force:  # queued behind another task on that worker: it will never run
+            self._fail(task, error)
+        elif w.task is task:
             try:
                 os.kill(w.pid, signal.SIGUSR2)  # interrupts time.sleep and other waits
             except ProcessLookupError:
@@ -663,8 +747,7 @@ class Node:
             self.objects.release_internal([oid])
             task = self.tasks.get(task_id)
             if stream.backpressure and task is not None and task.worker is not None:
-                task.worker.conn.send((protocol.ACK, task_id, stream.handed_out))
-                self._flush_later(task.worker)
+                self._send(task.worker, (protocol.ACK, task_id, stream.handed_out))
             return True, oid
         if stream.ended or stream.closed:
             return True, None
@@ -702,8 +785,7 @@ class Node:
         task = self.tasks.get(stream.task_id)
         if task is not None and task.worker is not None and not stream.close_sent:
             stream.close_sent = True
-            task.worker.conn.send((protocol.CLOSE, stream.task_id))
-            self._flush_later(task.worker)
+            self._send(task.worker, (protocol.CLOSE, stream.task_id))
         elif task is not None and task.state in (WAITING, QUEUED):
             task.cancelled = True
             self._fail(task, self._system_error(TaskCancelledError(
@@ -716,14 +798,19 @@ class Node:
 
     # == requests from workers ================================================================
     def _reply(self, w: workers.WorkerHandle, *body: Any) -> None:
-        w.conn.send((protocol.REPLY,) + body)
-        self._flush_later(w)
+        self._send(w, (protocol.REPLY,) + body)
 
     def _block(self, w: workers.WorkerHandle) -> None:
-        """A worker waits for something: lend its CPUs to other tasks meanwhile."""
+        """A worker waits for something: lend its CPUs to other tasks meanwhile.
+
+        Tasks pipelined behind the waiting one are taken back (they could be what it
+        waits for): the worker returns those it has not started with RECLAIMED.
+        """
         if w.task is not None and not w.blocked:
             w.blocked = True
             self.free_cpus += w.task.spec.num_cpus
+            if len(w.tasks) > 1:
+                self._send(w, (protocol.RECLAIM, [t.spec.task_id for t in list(w.tasks)[1:]]))
             self._dispatch()
 
     def _unblock(self, w: workers.WorkerHandle) -> None:
@@ -790,8 +877,7 @@ class Node:
         def notify() -> None:
             with self.lock:
                 if w.state != workers.DEAD:
-                    w.conn.send((protocol.READY, oid))
-                    self._flush_later(w)
+                    self._send(w, (protocol.READY, oid))
 
         self.on_ready(oid, notify)
 
@@ -978,6 +1064,10 @@ class Node:
             self._reclaim_slot(w.slot)
         self.objects.drop_process(w.id)
         task = w.task
+        for waiting in reversed(list(w.tasks)[1:]):  # never started: just run them elsewhere
+            self._unassign(waiting)
+            waiting.state = QUEUED
+            self.ready.appendleft(waiting)
         if task is not None:
             if task.force:
                 error = self._system_error(TaskCancelledError(
@@ -992,7 +1082,7 @@ class Node:
                 error = self._system_error(WorkerCrashedError(
                     f"the worker (pid {w.pid}) running task {task.spec.name} died: it "
                     f"{w.describe_exit()}"))
-            self._release_worker(task)
+            self._unassign(task)
             if not task.force and self._should_retry(task):
                 self._retry(task)
             else:
@@ -1038,9 +1128,9 @@ class Node:
                     break
                 if w.state == workers.IDLE and now - w.idle_since > IDLE_WORKER_TIMEOUT:
                     w.state = workers.EXITING
-                    w.conn.send((protocol.EXIT,))
-                    self._flush_later(w)
+                    self._send(w, (protocol.EXIT,))
                     extra -= 1
+            self._flush()
         self.reactor.call_later(IDLE_WORKER_TIMEOUT / 2, self._reap_idle_workers)
 
     def _start_memory_monitor(self) -> None:
@@ -1130,6 +1220,7 @@ Node._handlers = {
     protocol.FN: Node.on_fn,
     protocol.ROOM: Node.on_room,
     protocol.SUBSCRIBE: Node.on_subscribe,
+    protocol.RECLAIMED: Node.on_reclaimed,
 }
 
 _NONE_PAYLOAD: tuple = ()

@@ -23,6 +23,11 @@ Worker -> node                               Node -> worker
   FN      fn_id blob
   ROOM    req_id nbytes                        (ask the node to spill to make room)
   SUBSCRIBE oid                                READY oid            (futures in workers)
+  RECLAIMED task_ids                           RECLAIM task_ids     (take back queued tasks)
+
+RESULT and END also carry the task's run time, from which the node learns which
+functions are short enough to pipeline (send a worker its next task before the
+current one ends).
 """
 from __future__ import annotations
 
@@ -42,6 +47,7 @@ CLOSE_REQ = 12
 FN = 13
 ROOM = 14
 SUBSCRIBE = 15
+RECLAIMED = 16
 
 # node -> worker
 EXEC = 31
@@ -51,6 +57,7 @@ CLOSE = 34
 REPLY = 35
 EXIT = 36
 READY = 37
+RECLAIM = 38
 
 # REPLY statuses
 OK = 0

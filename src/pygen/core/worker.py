@@ -53,7 +53,7 @@ def main() -> None:
     try:
         executor.serve_forever()
     finally:
-        client.flush_refs()
+        client.flush()
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()

@@ -54,19 +54,23 @@ class WorkerClient:
         self.busy = 0
 
     # -- sending ----------------------------------------------------------------------------
-    def send(self, msg: tuple) -> None:
+    def send(self, msg: tuple, flush: bool = True) -> None:
+        """Send ``msg`` (after any pending ref changes); ``flush=False`` only queues it."""
         self.busy += 1
         try:
-            msgs = self._ref_messages()
-            msgs.append(msg)
-            if not self.conn.send_many(msgs):
+            for ref_msg in self._ref_messages():
+                self.conn.queue(ref_msg)
+            self.conn.queue(msg)
+            if flush and not self.conn.flush():
                 self.conn.drain_output()
         finally:
             self.busy -= 1
 
-    def flush_refs(self) -> None:
-        msgs = self._ref_messages()
-        if msgs and not self.conn.send_many(msgs):
+    def flush(self) -> None:
+        """Write pending ref changes and every queued message."""
+        for ref_msg in self._ref_messages():
+            self.conn.queue(ref_msg)
+        if self.conn.pending_output and not self.conn.flush():
             self.conn.drain_output()
 
     def _ref_messages(self) -> List[tuple]:

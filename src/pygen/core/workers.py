@@ -14,12 +14,13 @@ worker exits.
 """
 from __future__ import annotations
 
+import collections
 import fcntl
 import json
 import os
 import signal
 import sys
-from typing import Any, Optional
+from typing import Any, Deque, Optional
 
 from .transport import Connection, socket_pair
 
@@ -41,7 +42,9 @@ class WorkerHandle:
         self.out_fds = out_fds
         self.slot: Optional[int] = None     # its process slot in the store, from HELLO
         self.state = STARTING
-        self.task: Any = None               # the Task it runs
+        # tasks assigned to it, in order: the first runs, the others wait in its inbox
+        # (pipelined: sent ahead so that a short task follows the previous one at once)
+        self.tasks: Deque[Any] = collections.deque()
         self.blocked = False                # waiting in get/wait/next: its CPUs are lent out
         self.sent_functions: set = set()
         self.actor: Any = None
@@ -50,6 +53,11 @@ class WorkerHandle:
         self.exit_status: Optional[int] = None
         self.idle_since = 0.0
         self.fds_closed = False
+
+    @property
+    def task(self) -> Any:
+        """The task it is running now, if any."""
+        return self.tasks[0] if self.tasks else None
 
     def describe_exit(self) -> str:
         status = self.exit_status
