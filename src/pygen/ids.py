@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import threading
 
 TASK_ID_SIZE = 12
 OBJECT_ID_SIZE = 20
@@ -25,26 +24,25 @@ KIND_COMPLETION = 4  # value of ObjectRefGenerator.completed()
 KIND_STREAM = 5      # the stream itself: what an ObjectRefGenerator holds on to
 KIND_ARGS = 6        # arguments too large to travel inline
 
-_lock = threading.Lock()
-_prefix = b""
+_prefix = os.urandom(6)
 _counter = itertools.count(1)
-_prefix_pid = -1
 
 
 def _fresh_prefix() -> None:
-    global _prefix, _counter, _prefix_pid
+    """A forked child must not mint its parent's ids."""
+    global _prefix, _counter
     _prefix = os.urandom(6)
     _counter = itertools.count(1)
-    _prefix_pid = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_prefix)
 
 
 def new_task_id() -> bytes:
     """A task id unique across every process of this machine's pygen."""
-    with _lock:
-        if _prefix_pid != os.getpid():  # a forked child must not reuse its parent's ids
-            _fresh_prefix()
-        n = next(_counter)
-    return _prefix + n.to_bytes(6, "big")
+    # next() on itertools.count is atomic under the GIL: no lock needed
+    return _prefix + next(_counter).to_bytes(6, "big")
 
 
 def object_id(task_id: bytes, kind: int, index: int = 0, attempt: int = 0) -> bytes:

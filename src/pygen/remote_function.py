@@ -42,6 +42,7 @@ class RemoteFunction:
         self._options = options.with_defaults(options.TASK_OPTIONS, task_options)
         self._is_generator = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
         self._pickled = _pickled or _PickledFunction(fn)
+        self._cached: Optional[tuple] = None
         self._name = getattr(fn, "__name__", "task")
         functools.update_wrapper(self, fn)
 
@@ -56,31 +57,40 @@ class RemoteFunction:
         merged.update(checked)
         return RemoteFunction(self._function, merged, self._pickled)
 
+    def _submission(self, client: context.Client) -> tuple:
+        """What every call shares, computed once: (fn_id, name, kind, count, ...)."""
+        if self._cached is None:
+            opts = self._options
+            fn_id, blob = self._pickled.get()
+            num_returns = opts["num_returns"]
+            if num_returns is None:
+                num_returns = "streaming" if self._is_generator else 1
+            kind = _KINDS.get(num_returns, protocol.RETURNS_STATIC)
+            retry = opts["retry_exceptions"]
+            if isinstance(retry, tuple):
+                retry = cloudpickle.dumps(retry)
+            self._cached = (fn_id, blob, opts["name"] or self._name, kind,
+                            num_returns if kind == protocol.RETURNS_STATIC else 1,
+                            opts["max_retries"], retry, opts["num_cpus"], opts["memory"],
+                            opts["generator_backpressure"] or 0)
+        return self._cached
+
     def remote(self, *args: Any, **kwargs: Any) -> Union[ObjectRef, List[ObjectRef], None,
                                                           ObjectRefGenerator]:
         client = context.ensure()
-        opts = self._options
-        fn_id, blob = self._pickled.get()
+        (fn_id, blob, name, kind, num_returns, max_retries, retry, num_cpus, memory,
+         backpressure) = self._submission(client)
         client.register_function(fn_id, blob)
-        num_returns = opts["num_returns"]
-        if num_returns is None:
-            num_returns = "streaming" if self._is_generator else 1
-        kind = _KINDS.get(num_returns, protocol.RETURNS_STATIC)
         task_id = ids.new_task_id()
         payload, deps, contained = encode_args(client, task_id, args, kwargs)
-        retry = opts["retry_exceptions"]
-        if isinstance(retry, tuple):
-            retry = cloudpickle.dumps(retry)
-        spec = TaskSpec(
-            task_id, opts["name"] or self._name, fn_id, payload, deps, contained, kind,
-            num_returns if kind == protocol.RETURNS_STATIC else 1, opts["max_retries"], retry,
-            opts["num_cpus"], opts["memory"], opts["generator_backpressure"] or 0)
+        spec = TaskSpec(task_id, name, fn_id, payload, deps, contained, kind, num_returns,
+                        max_retries, retry, num_cpus, memory, backpressure)
         client.submit(spec)
         if kind == protocol.RETURNS_STREAMING:
             return ObjectRefGenerator(task_id, _registered=True)
-        refs = [ObjectRef(oid, _registered=True, _client=client) for oid in spec.return_ids()]
         if kind == protocol.RETURNS_DYNAMIC or num_returns == 1:
-            return refs[0]
+            return ObjectRef(ids.return_id(task_id, 0), _registered=True, _client=client)
+        refs = [ObjectRef(oid, _registered=True, _client=client) for oid in spec.return_ids()]
         return refs if refs else None
 
     def __repr__(self) -> str:

@@ -171,6 +171,15 @@ def serialize(value: Any, *, error: bool = False) -> SerializedValue:
     return SerializedValue(stream, buffers, FLAG_ERROR if error else 0, collector.refs)
 
 
+def encode_small(value: Any) -> Optional[bytes]:
+    """The inline encoding of a value known to hold no ref, no buffer, no ``__main__``
+    object (scalars and containers of them); None if it is not small after all."""
+    stream = pickle.dumps(value, protocol=5)
+    if len(stream) + _HEADER.size >= INLINE_THRESHOLD:
+        return None
+    return _HEADER.pack(_MAGIC, 0, 0, len(stream), 0) + stream
+
+
 def _keeper(buffers: List[memoryview]) -> Any:
     def keep(pb: pickle.PickleBuffer) -> None:
         buffers.append(pb.raw())

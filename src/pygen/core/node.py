@@ -94,7 +94,7 @@ class Node:
         self.log_to_driver = log_to_driver
         self.objects = ObjectDirectory(self._free_storage)
         self.tasks: Dict[bytes, Task] = {}
-        self.finished: Deque[dict] = collections.deque(maxlen=FINISHED_TASK_HISTORY)
+        self.finished: Deque[tuple] = collections.deque(maxlen=FINISHED_TASK_HISTORY)
         self.ready: Deque[Task] = collections.deque()
         self.dependents: Dict[bytes, List[Task]] = {}
         self.streams: Dict[bytes, StreamState] = {}
@@ -113,6 +113,7 @@ class Node:
         self._dirty: Set[workers.WorkerHandle] = set()  # workers with queued messages
         self.fn_stats: Dict[bytes, list] = {}  # fn_id -> [runs, mean seconds] (pipelining)
         self.driver_refs: Dict[bytes, int] = {}
+        self._refs_lock = threading.Lock()  # driver_refs only: ref churn stays off self.lock
 
     # == start and stop ================================================================
     def start(self) -> None:
@@ -162,10 +163,11 @@ class Node:
 
     # == the driver's references ===========================================================
     def driver_add_ref(self, oid: bytes, registered: bool) -> None:
-        with self.lock:
+        with self._refs_lock:
             n = self.driver_refs.get(oid, 0)
             self.driver_refs[oid] = n + 1
-            if n == 0 and not registered:
+        if n == 0 and not registered:
+            with self.lock:
                 self.objects.add_holder(oid, DRIVER)
 
     def driver_remove_ref(self, oid: bytes) -> None:
@@ -181,11 +183,13 @@ class Node:
             pop = self._dropped_refs.popleft
             while self._dropped_refs:
                 oid = pop()
-                n = self.driver_refs.get(oid, 0) - 1
-                if n > 0:
-                    self.driver_refs[oid] = n
-                else:
-                    self.driver_refs.pop(oid, None)
+                with self._refs_lock:
+                    n = self.driver_refs.get(oid, 0) - 1
+                    if n > 0:
+                        self.driver_refs[oid] = n
+                    else:
+                        self.driver_refs.pop(oid, None)
+                if n <= 0:
                     self.objects.remove_holder(oid, DRIVER)
         self._run_callbacks()
 
@@ -693,7 +697,7 @@ class Node:
             self.tasks[task.parent].children.discard(task.spec.task_id)
         kept, task.kept = task.kept, []
         self.objects.release_internal(kept)
-        self.finished.append(self._describe_task(task))
+        self.finished.append((task, task.attempt))  # described only when someone asks
 
     def _system_error(self, exc: BaseException) -> tuple:
         sv = serialization.serialize(exc, error=True)
@@ -1176,7 +1180,8 @@ class Node:
 
     def list_tasks(self) -> List[dict]:
         with self.lock:
-            return list(self.finished) + [self._describe_task(t) for t in self.tasks.values()]
+            return ([self._describe_task(t) for t, _ in self.finished] +
+                    [self._describe_task(t) for t in self.tasks.values()])
 
     def list_objects(self) -> List[dict]:
         with self.lock:
