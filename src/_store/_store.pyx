@@ -704,7 +704,8 @@ cdef class Store:
 
 def copy_into(dst, Py_ssize_t offset, src):
     """Copy the bytes of buffer `src` into writable buffer `dst` at `offset`, with the GIL
-    released (one copy of a numpy array into the arena).  Returns the bytes copied."""
+    released (one copy of a numpy array into the arena; big copies are chunked and split
+    over the CPUs, see copy.h).  Returns the bytes copied."""
     cdef Py_buffer d, sv
     cdef Py_ssize_t n
     PyObject_GetBuffer(dst, &d, PyBUF_WRITABLE | PyBUF_SIMPLE)
@@ -715,8 +716,11 @@ def copy_into(dst, Py_ssize_t offset, src):
             if offset < 0 or offset > d.len or n > d.len - offset:
                 raise ValueError(f"copy of {n} bytes at offset {offset} does not fit in a "
                                  f"buffer of {d.len} bytes")
-            with nogil:
+            if n < 65536:   # small: not worth dropping the GIL
                 memcpy(<char *>d.buf + offset, sv.buf, n)
+            else:
+                with nogil:
+                    store_copy(<char *>d.buf + offset, sv.buf, n)
             return n
         finally:
             PyBuffer_Release(&sv)

@@ -89,3 +89,7 @@ cdef extern from "store.h" nogil:
     int store_prefault_wait(store_t *s, int64_t timeout_ns)
     int store_debug_build()
     int store_debug_crash_at(int point, int64_t countdown)
+
+
+cdef extern from "copy.h" nogil:
+    void store_copy(void *dst, const void *src, size_t n)

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "copy.h"
 #include "store.h"
 
 static void make_id(uint8_t *id, uint64_t k)
@@ -476,8 +477,33 @@ static void test_wait_cross_process(void)
     drop_store(s);
 }
 
+/* store_copy: chunked and parallel, every byte exactly once, odd sizes and offsets. */
+static void test_copy(void)
+{
+    size_t sizes[] = {0, 1, 63, 4097, (size_t)COPY_PARALLEL_MIN - 1, (size_t)COPY_PARALLEL_MIN + 12345,
+                      (size_t)COPY_CHUNK * 2 + 777};
+    size_t maxn = sizes[sizeof sizes / sizeof *sizes - 1] + 16;
+    uint8_t *src = malloc(maxn), *dst = malloc(maxn + 2);
+    unsigned long long rng = 5;
+    for (size_t i = 0; i < maxn; i += 8) {
+        unsigned long long v = rng_next(&rng);
+        memcpy(src + i, &v, maxn - i < 8 ? maxn - i : 8);
+    }
+    for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
+        size_t n = sizes[k];
+        memset(dst, 0xab, n + 2);
+        store_copy(dst + 1, src + 3, n);   /* unaligned on both sides */
+        CHECK(memcmp(dst + 1, src + 3, n) == 0);
+        CHECK_EQ(dst[0], 0xab);
+        CHECK_EQ(dst[n + 1], 0xab);
+    }
+    free(src);
+    free(dst);
+}
+
 int main(void)
 {
+    RUN(test_copy);
     RUN(test_lifecycle);
     RUN(test_status_codes);
     RUN(test_delete_pending_and_abort);
