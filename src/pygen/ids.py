@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import struct
 
 TASK_ID_SIZE = 12
 OBJECT_ID_SIZE = 20
@@ -45,8 +46,11 @@ def new_task_id() -> bytes:
     return _prefix + next(_counter).to_bytes(6, "big")
 
 
+_TAIL = struct.Struct(">II")  # (kind << 24 | attempt), index
+
+
 def object_id(task_id: bytes, kind: int, index: int = 0, attempt: int = 0) -> bytes:
-    return task_id + bytes((kind,)) + attempt.to_bytes(3, "big") + index.to_bytes(4, "big")
+    return task_id + _TAIL.pack((kind << 24) | attempt, index)
 
 
 def return_id(task_id: bytes, index: int) -> bytes:

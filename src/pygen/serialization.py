@@ -51,6 +51,9 @@ _ALIGN = 64
 
 FLAG_ERROR = 1  # the value is an exception to raise on get
 
+# Types whose pickle can hold no ref, no out-of-band buffer and no ``__main__`` object.
+SCALARS = frozenset((int, float, str, bytes, bool, type(None), complex))
+
 _local = threading.local()
 
 
@@ -209,6 +212,10 @@ def deserialize(encoded: Any) -> "tuple[int, Any]":
     """
     if hasattr(encoded, "metadata"):
         return parse(encoded.metadata, encoded.data)
+    if type(encoded) is bytes:
+        magic, flags, nbuf, stream_len, _ = _HEADER.unpack_from(encoded, 0)
+        if nbuf == 0 and magic == _MAGIC:  # the common small value: no buffers to slice
+            return flags, pickle.loads(encoded[_HEADER.size:])
     view = memoryview(encoded)
     _, _, _, _, data_offset = _HEADER.unpack_from(view, 0)
     return parse(view, view[data_offset:])

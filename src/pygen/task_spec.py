@@ -62,7 +62,6 @@ class TaskSpec:
 
 
 _NO_ARGS: Optional[tuple] = None
-_SCALARS = frozenset((int, float, str, bytes, bool, type(None), complex))
 
 
 def encode_args(client: object, task_id: bytes, args: tuple,
@@ -82,7 +81,8 @@ def encode_args(client: object, task_id: bytes, args: tuple,
             sv = serialization.serialize(((), {}))
             _NO_ARGS = (sv.flags, sv.to_bytes(), sv.total_size)
         return _NO_ARGS, [], []
-    if all(type(a) in _SCALARS for a in args) and all(type(v) in _SCALARS for v in kwargs.values()):
+    scalars = serialization.SCALARS
+    if all(type(a) in scalars for a in args) and all(type(v) in scalars for v in kwargs.values()):
         # nothing in here can hold a ref or a large buffer: the short path
         data = serialization.encode_small((args, kwargs))
         if data is not None:

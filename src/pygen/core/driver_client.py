@@ -103,38 +103,46 @@ class DriverClient:
 
     def get(self, oids: Sequence[bytes], timeout: Optional[float]) -> List[Any]:
         node = self.node
-        deadline = self._deadline(timeout)
         with node.lock:
-            waiter = _Waiter(sum(1 for o in oids if not node.is_ready(o)))
-            if waiter.need > 0:
+            sources = self._sources(oids)
+            if sources is None:  # something is missing: wait for it
+                waiter = _Waiter(sum(1 for o in oids if not node.is_ready(o)))
                 for oid in oids:
                     if not node.is_ready(oid):
                         node.on_ready(oid, waiter.fire)
-        node._run_callbacks()
-        if not self._block(waiter.event, deadline):
-            raise GetTimeoutError(f"get timed out after {timeout} s "
-                                  f"({waiter.need} of {len(oids)} objects not ready)")
+        if sources is None:
+            node._run_callbacks()
+            if not self._block(waiter.event, self._deadline(timeout)):
+                raise GetTimeoutError(f"get timed out after {timeout} s "
+                                      f"({waiter.need} of {len(oids)} objects not ready)")
+            with node.lock:
+                sources = self._sources(oids)
+            assert sources is not None
         values = []
-        for oid in oids:
-            flags, value = self._read(oid)
+        for source in sources:
+            flags, value = serialization.deserialize(source)
             if flags & serialization.FLAG_ERROR:
                 raise raisable(value)
             values.append(value)
         return values
 
-    def _read(self, oid: bytes) -> "tuple[int, Any]":
+    def _sources(self, oids: Sequence[bytes]) -> Optional[List[Any]]:
+        """Under the node lock: each object's inline bytes or pinned store buffer, or None
+        if one is not ready yet.  Pinning under the lock keeps a concurrent spill away."""
         node = self.node
-        with node.lock:
+        sources = []
+        for oid in oids:
+            if not node.is_ready(oid):
+                return None
             payload = node.payload_for_reading(oid)
-            buf = None
-            if payload[1] is None:
-                # pinned under the lock, so a concurrent spill cannot take it away
-                buf = self.store.get(oid, timeout=0.0)
-                if buf is None:
-                    raise ObjectLostError(f"object {oid.hex()} vanished from the object store")
-        if buf is not None:
-            return serialization.deserialize(buf)
-        return serialization.deserialize(payload[1])
+            if payload[1] is not None:
+                sources.append(payload[1])
+                continue
+            buf = self.store.get(oid, timeout=0.0)
+            if buf is None:
+                raise ObjectLostError(f"object {oid.hex()} vanished from the object store")
+            sources.append(buf)
+        return sources
 
     def wait(self, keys: Sequence[bytes], num_returns: int, timeout: Optional[float]) -> List[bool]:
         node = self.node
@@ -169,15 +177,16 @@ class DriverClient:
     # -- streams ---------------------------------------------------------------------------------------
     def stream_next(self, task_id: bytes, timeout: Optional[float]) -> Optional[bytes]:
         node = self.node
-        deadline = self._deadline(timeout)
-        key = ids.stream_id(task_id)
+        deadline = None
         while True:
             with node.lock:
                 done, oid = node.stream_take(task_id, DRIVER)
                 if done:
                     return oid
                 waiter = _Waiter(1)
-                node.on_ready(key, waiter.fire)
+                node.on_ready(ids.stream_id(task_id), waiter.fire)
+            if deadline is None:
+                deadline = self._deadline(timeout)
             node._run_callbacks()
             if not self._block(waiter.event, deadline):
                 raise GetTimeoutError(f"no item within {timeout} s")

@@ -57,6 +57,9 @@ PIPELINE_DEPTH = 8
 PIPELINE_MIN_RUNS = 3
 PIPELINE_MAX_SECONDS = 0.002
 FINISHED_TASK_HISTORY = 1000
+# How often the I/O thread releases what the driver's dropped refs kept: memory comes
+# back within this delay, and no ref drop ever costs a thread wake-up.
+HOUSEKEEPING_INTERVAL = 0.02
 
 
 class Task:
@@ -121,6 +124,7 @@ class Node:
         for _ in range(self.pool_size):
             self._spawn_soon()
         self.reactor.call_later(IDLE_WORKER_TIMEOUT, self._reap_idle_workers)
+        self.reactor.call_later(HOUSEKEEPING_INTERVAL, self._housekeeping)
 
     def shutdown(self) -> None:
         """Stop every worker, fail what is left, release the store.  Idempotent.
@@ -171,10 +175,15 @@ class Node:
                 self.objects.add_holder(oid, DRIVER)
 
     def driver_remove_ref(self, oid: bytes) -> None:
-        # runs in __del__, maybe inside GC in any thread: no lock here, only a deque append
+        # runs in __del__, maybe inside GC in any thread: no lock, only a deque append;
+        # the I/O thread drains the deque every HOUSEKEEPING_INTERVAL
         self._dropped_refs.append(oid)
-        if len(self._dropped_refs) == 1:
-            self.reactor.call_later(0.02, self.drain_dropped_refs)
+
+    def _housekeeping(self) -> None:
+        if self.closed:
+            return
+        self.drain_dropped_refs()
+        self.reactor.call_later(HOUSEKEEPING_INTERVAL, self._housekeeping)
 
     def drain_dropped_refs(self) -> None:
         if not self._dropped_refs:
@@ -557,27 +566,38 @@ class Node:
 
     def on_item(self, w: workers.WorkerHandle, msg: tuple) -> None:
         _, task_id, attempt, index, payload, contained = msg
+        self._items(w, task_id, attempt, ((index, payload, contained),))
+
+    def on_items(self, w: workers.WorkerHandle, msg: tuple) -> None:
+        self._items(w, msg[1], msg[2], msg[3])
+
+    def _items(self, w: workers.WorkerHandle, task_id: bytes, attempt: int,
+               items: "tuple | list") -> None:
         task = self._current(w, task_id, attempt)
-        if task is None:
-            self._discard_item(ids.item_id(task_id, index, attempt), payload)
+        if task is None:  # a report of an attempt that is over: drop what it stored
+            for index, payload, _ in items:
+                self._discard_item(ids.item_id(task_id, index, attempt), payload)
             return
-        spec = task.spec
-        if spec.returns_kind == protocol.RETURNS_STATIC:
-            self.object_ready(ids.return_id(task_id, index), payload, contained)
-            task.reported = max(task.reported, index + 1)
+        if task.spec.returns_kind == protocol.RETURNS_STATIC:
+            for index, payload, contained in items:
+                self.object_ready(ids.return_id(task_id, index), payload, contained)
+                task.reported = max(task.reported, index + 1)
             return
         stream = task.stream
         assert stream is not None
-        oid = ids.item_id(task_id, index, attempt)
-        if stream.abandoned or stream.closed:
-            self._discard_item(oid, payload)
+        keep = not (stream.abandoned or stream.closed)
+        for index, payload, contained in items:
+            oid = ids.item_id(task_id, index, attempt)
             stream.items.append(oid)
+            if keep:
+                # kept by the stream (internal ref) until handed out
+                self.objects.set_ready(oid, payload[0], payload[1], payload[2], contained, 1)
+            else:
+                self._discard_item(oid, payload)
+        if keep:
+            self._wake_stream(stream)
+        else:
             stream.handed_out = len(stream.items)
-            return
-        self.objects.create(oid).internal += 1  # kept by the stream until handed out
-        self.object_ready(oid, payload, contained)
-        stream.items.append(oid)
-        self._wake_stream(stream)
 
     def _discard_item(self, oid: bytes, payload: tuple) -> None:
         if payload[1] is None:
@@ -1213,6 +1233,7 @@ Node._handlers = {
     protocol.HELLO: Node.on_hello,
     protocol.RESULT: Node.on_result,
     protocol.ITEM: Node.on_item,
+    protocol.ITEMS: Node.on_items,
     protocol.END: Node.on_end,
     protocol.SUBMIT: Node.on_submit,
     protocol.PUT: Node.on_put,

@@ -67,13 +67,17 @@ class ObjectDirectory:
         return entry
 
     def set_ready(self, oid: bytes, flags: int, inline: Optional[bytes], size: int,
-                  contains: Iterable[bytes] = ()) -> Optional[ObjEntry]:
-        """Record a value.  Returns the entry, or None if nobody wanted it (freed at once)."""
+                  contains: Iterable[bytes] = (), internal: int = 0) -> Optional[ObjEntry]:
+        """Record a value (``internal``: references to add first, e.g. a stream's).
+
+        Returns the entry, or None if nobody wanted it (freed at once).
+        """
         entry = self.entries.get(oid)
         if entry is None:
             entry = self.entries[oid] = ObjEntry(oid)
         elif entry.ready:  # a duplicate report (a retried attempt): the first value stands
             return entry
+        entry.internal += internal
         entry.ready = True
         entry.flags = flags
         entry.inline = inline

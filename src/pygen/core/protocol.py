@@ -10,6 +10,7 @@ Worker -> node                               Node -> worker
   HELLO   worker_id pid store_slot             EXEC    task (see ``exec_message``)
   RESULT  task attempt returns retryable       CANCEL  task_id force
   ITEM    task attempt index payload contained ACK     task_id consumed   (backpressure)
+  ITEMS   task attempt [(index payload contained), ...]   (a batch of a fast generator)
   END     task attempt count payload contained CLOSE   task_id            (stop a stream)
           retryable kind                       REPLY   req_id status body
   SUBMIT  spec                                 EXIT
@@ -48,6 +49,7 @@ FN = 13
 ROOM = 14
 SUBSCRIBE = 15
 RECLAIMED = 16
+ITEMS = 17
 
 # node -> worker
 EXEC = 31

@@ -165,6 +165,10 @@ class WorkerClient:
             self.busy -= 1
 
     def _encode(self, value: Any, oid: bytes, error: bool) -> Tuple[tuple, List[bytes]]:
+        if not error and type(value) in serialization.SCALARS:
+            data = serialization.encode_small(value)
+            if data is not None:
+                return (0, data, len(data)), []
         sv = serialization.serialize(value, error=error)
         if sv.total_size < serialization.INLINE_THRESHOLD:
             return (sv.flags, sv.to_bytes(), sv.total_size), sv.contained_refs
