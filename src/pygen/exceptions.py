@@ -139,8 +139,10 @@ class TaskError(PygenError):
 
     def __str__(self) -> str:
         where = f" (pid={self.pid})" if self.pid is not None else ""
-        return (f"{type(self.cause).__name__} in task {self.function_name}{where}\n"
-                f"{self.traceback_str.rstrip()}")
+        cause = self.cause
+        name = (cause.type_name if isinstance(cause, RemoteExceptionInfo)
+                else type(cause).__name__)
+        return f"{name} in task {self.function_name}{where}\n{self.traceback_str.rstrip()}"
 
     @classmethod
     def from_exception(cls, function_name: str, exc: BaseException,
@@ -158,8 +160,17 @@ class TaskError(PygenError):
         derived = _dual_class(cause_cls)
         if derived is None:
             return self
+        # The cause's class initialises its own fields (OSError's errno...) from the
+        # cause's args; TaskError's fields are plain attributes.
         err = derived.__new__(derived)
-        TaskError.__init__(err, self.function_name, self.traceback_str, self.cause, self.pid)
+        try:
+            cause_cls.__init__(err, *self.cause.args)
+        except Exception:
+            BaseException.__init__(err, *self.cause.args)
+        err.function_name = self.function_name
+        err.traceback_str = self.traceback_str
+        err.cause = self.cause
+        err.pid = self.pid
         return err
 
 

@@ -253,6 +253,7 @@ class Executor:
             retryable = _matches(state.retry_exceptions, exc)
         try:
             sv = serialization.serialize(err, error=True)
+            serialization.deserialize(sv.to_bytes())  # some pickle but cannot be rebuilt
         except Exception:
             # the exception cannot be pickled: keep its type, message and traceback
             stand_in = RemoteExceptionInfo(f"{type(exc).__module__}.{type(exc).__qualname__}",
