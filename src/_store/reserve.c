@@ -41,6 +41,11 @@ void reserve_advance(_Atomic uint64_t *upto, uint64_t from, uint64_t to)
     }
 }
 
+void reserve_populate(uint8_t *addr, uint64_t len)
+{
+    madvise(addr, len, MADV_POPULATE_WRITE);
+}
+
 static void *prefault_main(void *arg)
 {
     prefaulter_t *p = arg;

@@ -41,6 +41,11 @@ int reserve_range(int fd, uint64_t off, uint64_t len);
  * reserved prefix (from <= *upto), keeping the mark's meaning "all below is reserved". */
 void reserve_advance(_Atomic uint64_t *upto, uint64_t from, uint64_t to);
 
+/* Fill this process's page tables for [addr, addr+len) (page-aligned addr) without
+ * touching the bytes: madvise(MADV_POPULATE_WRITE).  Best effort (no status): an old
+ * kernel without it only loses speed.  The pages must be reserved. */
+void reserve_populate(uint8_t *addr, uint64_t len);
+
 typedef struct prefaulter {
     pthread_t thread;
     int running;
