@@ -169,6 +169,49 @@ def test_get_of_a_list_raises_the_error_of_the_failed_ref():
     assert pygen.get(ok) == 1
 
 
+
+
+
+
+def test_builtin_exception_with_attributes_reads_through():
+    @pygen.remote
+    def missing():
+        open("/nonexistent/pygen/file")
+
+    with pytest.raises(FileNotFoundError) as info:
+        pygen.get(missing.remote(), timeout=30)
+    assert info.value.errno == 2
+    assert isinstance(info.value, TaskError)
+
+
+def test_unpicklable_exception_arrives_as_task_error():
+    with pytest.raises(TaskError) as info:
+        pygen.get(raise_error.remote(LockError, "holds a lock"), timeout=30)
+    text = str(info.value)
+    assert "LockError" in text            # type name
+    assert "holds a lock" in text         # message
+    assert "Traceback" in text and "raise_error" in text
+
+
+def test_exception_with_extra_constructor_args_that_pickles():
+    with pytest.raises(ReducingTwoArgError) as info:
+        pygen.get(raise_error.remote(ReducingTwoArgError, 7, "seven"), timeout=30)
+    err = info.value
+    assert isinstance(err, TaskError)
+    assert err.cause.code == 7 and err.cause.detail == "seven"
+    assert "code=7 detail=seven" in str(err)
+
+
+def test_exception_with_extra_constructor_args():
+    # pickles, but its default reduce cannot rebuild it: still a TaskError with the text
+    with pytest.raises(TaskError) as info:
+        pygen.get(raise_error.remote(TwoArgError, 7, "seven"), timeout=30)
+    text = str(info.value)
+    assert "TwoArgError" in text
+    assert "code=7 detail=seven" in text
+    assert "raise_error" in text
+
+
 def test_unpicklable_return_value_is_a_task_error():
     @pygen.remote
     def returns_lock():

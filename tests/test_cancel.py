@@ -1,0 +1,267 @@
+"""``pygen.cancel`` (SPEC §2): queued tasks never run, running tasks get TaskCancelledError
+raised inside them within 1 s, ``force=True`` kills the worker, ``recursive`` reaches children.
+
+Tasks report what happened to them with marker files in ``tmp_path``, so every claim
+("it never ran", "the error was raised inside it") is checked, not assumed.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+import pygen
+from pygen.exceptions import TaskCancelledError, TaskError, WorkerCrashedError
+
+from conftest import child_pids, wait_until
+
+pytestmark = pytest.mark.usefixtures("session")
+
+
+def touch(path: str, text: str = "") -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def wait_file(path, timeout: float = 10.0) -> bool:
+    return wait_until(lambda: os.path.exists(path), timeout, 0.002)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pygen.remote
+def hold(started: str, release: str):
+    """Occupies a CPU until ``release`` exists (polls: never blocks in pygen)."""
+    touch(started, str(os.getpid()))
+    deadline = time.monotonic() + 60
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return "held"
+
+
+@pygen.remote
+def mark(path: str):
+    touch(path)
+    return "ran"
+
+
+@pygen.remote
+def sleeper(d: str, seconds: float = 30):
+    """Sleeps; records whether TaskCancelledError was raised inside it."""
+    touch(os.path.join(d, "started"), str(os.getpid()))
+    try:
+        time.sleep(seconds)
+    except TaskCancelledError:
+        touch(os.path.join(d, "caught"))
+        raise
+    touch(os.path.join(d, "finished"))
+    return "slept"
+
+
+@pygen.remote
+def getpid():
+    return os.getpid()
+
+
+def fill_cpus(tmp_path, n: int = 2):
+    """Start ``n`` tasks that hold a CPU each; returns (refs, release path)."""
+    release = str(tmp_path / "release")
+    refs = []
+    for i in range(n):
+        started = str(tmp_path / f"started-{i}")
+        refs.append(hold.remote(started, release))
+    for i in range(n):
+        assert wait_file(str(tmp_path / f"started-{i}"))
+    return refs, release
+
+
+# -- queued tasks -------------------------------------------------------------------------------
+
+def test_queued_task_never_runs(tmp_path):
+    holders, release = fill_cpus(tmp_path)
+    marker = str(tmp_path / "queued-ran")
+    queued = mark.remote(marker)
+    later = mark.remote(str(tmp_path / "later-ran"))
+    time.sleep(0.05)
+    pygen.cancel(queued)
+    with pytest.raises(TaskCancelledError):
+        pygen.get(queued, timeout=5)  # before the CPUs are released: no waiting for a slot
+    touch(release)
+    assert pygen.get(holders, timeout=30) == ["held", "held"]
+    assert pygen.get(later, timeout=30) == "ran"  # the queue moved on past it
+    time.sleep(0.2)
+    assert not os.path.exists(marker)
+    with pytest.raises(TaskCancelledError):
+        pygen.get(queued, timeout=5)
+
+
+def test_task_waiting_for_its_argument_never_runs(tmp_path):
+    holders, release = fill_cpus(tmp_path, 1)
+    marker = str(tmp_path / "dependent-ran")
+    arg = hold.remote(str(tmp_path / "started-arg"), release)
+    dependent = mark.remote(marker)
+    dependent_on_arg = pygen.remote(lambda x, p: touch(p)).remote(arg, marker)
+    pygen.cancel(dependent_on_arg)
+    with pytest.raises(TaskCancelledError):
+        pygen.get(dependent_on_arg, timeout=5)
+    touch(release)
+    pygen.get(holders + [arg], timeout=30)
+    pygen.get(dependent, timeout=30)
+    os.unlink(marker)
+    time.sleep(0.2)
+    assert not os.path.exists(marker)
+
+
+def test_dependent_of_cancelled_task_fails_with_task_cancelled(tmp_path):
+    holders, release = fill_cpus(tmp_path)
+    queued = mark.remote(str(tmp_path / "queued"))
+    marker = str(tmp_path / "dependent")
+    dependent = pygen.remote(lambda x, p: touch(p)).remote(queued, marker)
+    pygen.cancel(queued, recursive=False)
+    touch(release)
+    pygen.get(holders, timeout=30)
+    with pytest.raises(TaskCancelledError):
+        pygen.get(dependent, timeout=10)
+    assert not os.path.exists(marker)
+
+
+# -- running tasks --------------------------------------------------------------------------------
+
+def test_task_blocked_in_nested_get_is_cancelled(tmp_path):
+    @pygen.remote
+    def waits_on_child(d, release):
+        touch(os.path.join(d, "started"))
+        try:
+            return pygen.get(hold.remote(os.path.join(d, "child-started"), release))
+        except TaskCancelledError:
+            touch(os.path.join(d, "caught"))
+            raise
+
+    d = str(tmp_path)
+    release = str(tmp_path / "release")
+    ref = waits_on_child.remote(d, release)
+    assert wait_file(os.path.join(d, "child-started"))
+    t0 = time.monotonic()
+    pygen.cancel(ref, recursive=False)
+    with pytest.raises(TaskCancelledError):
+        pygen.get(ref, timeout=10)
+    assert time.monotonic() - t0 < 1.0
+    assert os.path.exists(os.path.join(d, "caught"))
+    touch(release)
+
+
+# -- force ----------------------------------------------------------------------------------------
+
+
+def test_force_cancel_kills_the_worker_and_is_not_retried(tmp_path):
+    @pygen.remote(max_retries=3)
+    def stuck(d):
+        with open(os.path.join(d, "attempts"), "a") as f:
+            f.write("x")
+        touch(os.path.join(d, "started"), str(os.getpid()))
+        import signal
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})  # deaf to a normal cancel
+        time.sleep(30)
+
+    d = str(tmp_path)
+    ref = stuck.remote(d)
+    assert wait_file(os.path.join(d, "started"))
+    pid = int(open(os.path.join(d, "started")).read())
+    t0 = time.monotonic()
+    pygen.cancel(ref, force=True)
+    with pytest.raises(TaskCancelledError) as info:
+        pygen.get(ref, timeout=10)
+    assert time.monotonic() - t0 < 1.0
+    assert not isinstance(info.value, WorkerCrashedError)
+    assert wait_until(lambda: not alive(pid), 5)
+    time.sleep(0.3)
+    assert open(os.path.join(d, "attempts")).read() == "x"
+    # the pool is whole again
+    assert wait_until(lambda: len(child_pids()) >= 2, 10)
+    assert pid not in pygen.get([getpid.remote() for _ in range(10)], timeout=30)
+
+
+def test_force_cancel_of_queued_task(tmp_path):
+    holders, release = fill_cpus(tmp_path)
+    pids = set(child_pids())
+    marker = str(tmp_path / "ran")
+    queued = mark.remote(marker)
+    pygen.cancel(queued, force=True)
+    with pytest.raises(TaskCancelledError):
+        pygen.get(queued, timeout=5)
+    assert pids <= set(child_pids())  # nobody was killed for a task that was not running
+    touch(release)
+    pygen.get(holders, timeout=30)
+    time.sleep(0.2)
+    assert not os.path.exists(marker)
+
+
+# -- finished tasks and other refs --------------------------------------------------------------------
+
+def test_cancelling_a_finished_task_is_a_no_op():
+    ref = getpid.remote()
+    pid = pygen.get(ref, timeout=30)
+    pygen.cancel(ref)
+    pygen.cancel(ref, force=True)
+    assert pygen.get(ref, timeout=5) == pid
+    assert alive(pid)
+
+
+def test_cancelling_a_failed_task_keeps_its_error():
+    @pygen.remote
+    def bad():
+        raise KeyError("original")
+
+    ref = bad.remote()
+    with pytest.raises(KeyError):
+        pygen.get(ref, timeout=30)
+    pygen.cancel(ref)
+    with pytest.raises(KeyError, match="original"):
+        pygen.get(ref, timeout=5)
+
+
+def test_cancel_of_a_put_ref_is_a_no_op():
+    ref = pygen.put(123)
+    pygen.cancel(ref)
+    assert pygen.get(ref) == 123
+
+
+def test_cancel_rejects_non_refs():
+    with pytest.raises(TypeError):
+        pygen.cancel("not a ref")
+
+
+# -- recursive ----------------------------------------------------------------------------------
+
+@pygen.remote
+def parent_of_sleeper(d):
+    child_dir = os.path.join(d, "child")
+    os.mkdir(child_dir)
+    child = sleeper.remote(child_dir, 3)
+    touch(os.path.join(d, "parent-started"))
+    try:
+        return pygen.get(child)
+    except TaskCancelledError:
+        touch(os.path.join(d, "parent-caught"))
+        raise
+
+
+def test_non_recursive_cancel_leaves_children_running(tmp_path):
+    d = str(tmp_path)
+    ref = parent_of_sleeper.remote(d)
+    assert wait_file(os.path.join(d, "child", "started"))
+    assert wait_file(os.path.join(d, "parent-started"))
+    pygen.cancel(ref, recursive=False)
+    with pytest.raises(TaskCancelledError):
+        pygen.get(ref, timeout=10)
+    assert wait_file(os.path.join(d, "child", "finished"), 10), "the child did not finish"
+    assert not os.path.exists(os.path.join(d, "child", "caught"))
+
+
