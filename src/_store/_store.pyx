@@ -128,6 +128,8 @@ cdef int _raise_status(int rc, str op, object oid=None, object requested=None,
             raise ObjectNotFoundError(f"{op}: {detail}")
         raise ObjectNotFoundError(f"object{what} is not in the object store ({op})")
     if rc == STORE_ERR_EXISTS:
+        if oid is None:   # a segment name is taken
+            raise ObjectExistsError(f"{op}: {detail}")
         raise ObjectExistsError(f"object{what} already exists in the object store ({op})")
     if rc == STORE_ERR_NOT_SEALED:
         raise ObjectNotSealedError(f"object{what} is not sealed yet ({op})")
@@ -446,14 +448,20 @@ cdef class Store:
             raise ValueError("sizes must be >= 0")
         if data_size + meta_size < BIG_CREATE:
             rc = store_create_object(s, idp, data_size, meta_size, &o)
+            if rc == STORE_OK:
+                return self._pinned(ObjectWriter, oid, &o, False)
         else:
+            # Without the GIL another thread may call close(): counting ourselves as a
+            # user until the writer exists keeps the mapping alive.
             self._users += 1
-            with nogil:
-                rc = store_create_object(s, idp, data_size, meta_size, &o)
-            self._user_done()
-        if rc != STORE_OK:
-            _raise_status(rc, "create", oid, data_size + meta_size, self)
-        return self._pinned(ObjectWriter, oid, &o, False)
+            try:
+                with nogil:
+                    rc = store_create_object(s, idp, data_size, meta_size, &o)
+                if rc == STORE_OK:
+                    return self._pinned(ObjectWriter, oid, &o, False)
+            finally:
+                self._user_done()
+        _raise_status(rc, "create", oid, data_size + meta_size, self)
 
     def seal(self, oid):
         cdef int rc = store_seal(self._handle(), _id_ptr(oid))
@@ -465,28 +473,26 @@ cdef class Store:
         if rc != STORE_OK:
             _raise_status(rc, "abort", oid)
 
-    cdef int _wait(self, const uint8_t *idp, int64_t timeout_ns, store_obj_t *out) except? -100:
-        """store_get (out != NULL) or store_wait_sealed without the GIL, in slices."""
-        cdef store_t *s = self._handle()
+    cdef int _wait(self, store_t *s, const uint8_t *idp, int64_t timeout_ns,
+                   store_obj_t *out) except? -100:
+        """store_get (out != NULL) or store_wait_sealed without the GIL, in slices with a
+        signal check between them.  The caller counts itself as a user of the store
+        around this call (close() from another thread must not unmap under us)."""
         cdef int64_t deadline = -1 if timeout_ns < 0 else _now_ns() + timeout_ns
         cdef int64_t slice_ns
         cdef int rc
-        self._users += 1
-        try:
-            while True:
-                slice_ns = WAIT_SLICE_NS
-                if deadline >= 0:
-                    slice_ns = min(slice_ns, max(deadline - _now_ns(), 1))
-                with nogil:
-                    if out != NULL:
-                        rc = store_get(s, idp, slice_ns, out)
-                    else:
-                        rc = store_wait_sealed(s, idp, slice_ns)
-                if rc != STORE_ERR_TIMEOUT or (deadline >= 0 and _now_ns() >= deadline):
-                    return rc
-                PyErr_CheckSignals()
-        finally:
-            self._user_done()
+        while True:
+            slice_ns = WAIT_SLICE_NS
+            if deadline >= 0:
+                slice_ns = min(slice_ns, max(deadline - _now_ns(), 1))
+            with nogil:
+                if out != NULL:
+                    rc = store_get(s, idp, slice_ns, out)
+                else:
+                    rc = store_wait_sealed(s, idp, slice_ns)
+            if rc != STORE_ERR_TIMEOUT or (deadline >= 0 and _now_ns() >= deadline):
+                return rc
+            PyErr_CheckSignals()
 
     def get(self, oid, timeout=0.0):
         """The sealed object as a pinned, read-only ObjectBuffer; None if it is absent or
@@ -498,10 +504,16 @@ cdef class Store:
         cdef int rc
         if t == 0:
             rc = store_get(s, idp, 0, &o)
+            if rc == STORE_OK:
+                return self._pinned(ObjectBuffer, oid, &o, True)
         else:
-            rc = self._wait(idp, t, &o)
-        if rc == STORE_OK:
-            return self._pinned(ObjectBuffer, oid, &o, True)
+            self._users += 1
+            try:
+                rc = self._wait(s, idp, t, &o)
+                if rc == STORE_OK:   # the buffer counts as a user before we stop counting
+                    return self._pinned(ObjectBuffer, oid, &o, True)
+            finally:
+                self._user_done()
         if rc == STORE_ERR_ABSENT or rc == STORE_ERR_NOT_SEALED or rc == STORE_ERR_TIMEOUT:
             return None
         _raise_status(rc, "get", oid)
@@ -527,13 +539,18 @@ cdef class Store:
 
     def wait_sealed(self, oid, timeout=None):
         """Wait until `oid` is sealed: True, or False after `timeout` seconds."""
+        cdef store_t *s = self._handle()
         cdef const uint8_t *idp = _id_ptr(oid)
         cdef int64_t t = _timeout_ns(timeout)
         cdef int rc
         if t == 0:
-            rc = store_wait_sealed(self._handle(), idp, 0)
+            rc = store_wait_sealed(s, idp, 0)
         else:
-            rc = self._wait(idp, t, NULL)
+            self._users += 1
+            try:
+                rc = self._wait(s, idp, t, NULL)
+            finally:
+                self._user_done()
         if rc == STORE_OK:
             return True
         if rc == STORE_ERR_TIMEOUT:

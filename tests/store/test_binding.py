@@ -338,3 +338,32 @@ def test_list_ids_many(make_store):
     for k in ids:
         s.abort(k)
     assert s.list_ids() == []
+
+
+def test_close_while_another_thread_waits(make_store):
+    s = make_store()
+    other = _store.Store.attach(s.name, prefault=False)
+    k = oid(14)
+    got = {}
+    t = threading.Thread(target=lambda: got.setdefault("buf", other.get(k, timeout=10)))
+    t.start()
+    time.sleep(0.05)
+    other.close()                 # a call is in flight without the GIL: close is deferred
+    assert other.closed and len(s.slots()) == 2
+    w = s.create_object(k, 10)
+    w.data[:2] = b"hi"
+    del w
+    s.seal(k)
+    t.join(10)
+    assert bytes(got["buf"].data[:2]) == b"hi"   # mapped and pinned
+    assert len(s.slots()) == 2
+    del got["buf"]                # the last user: now the slot goes and the map with it
+    assert s.slots() == [(0, os.getpid())]
+    s.check()
+
+
+def test_named_store_exists(make_store):
+    s = make_store(1 * MiB)
+    from pygen.exceptions import ObjectExistsError
+    with pytest.raises(ObjectExistsError, match="already exists"):
+        _store.Store.create(1 * MiB, name=s.name)
