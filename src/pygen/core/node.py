@@ -1085,7 +1085,7 @@ class Node:
         if was_starting:
             self.starting -= 1
         if w.slot is not None:
-            self._reclaim_slot(w.slot)
+            self._reclaim_slot(w.slot, w.pid)
         self.objects.drop_process(w.id)
         task = w.task
         for waiting in reversed(list(w.tasks)[1:]):  # never started: just run them elsewhere
@@ -1122,10 +1122,10 @@ class Node:
                 f"{w.describe_exit()}")))
         self._dispatch()
 
-    def _reclaim_slot(self, slot: int) -> None:
+    def _reclaim_slot(self, slot: int, pid: int) -> None:
         """Drop a dead process's pins and objects it wrote but never reported."""
         try:
-            self.store.release_slot(slot)
+            self.store.release_slot(slot, pid=pid)  # no-op if the slot was reused since
         except Exception:
             return
         known = self.objects.entries
