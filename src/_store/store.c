@@ -243,7 +243,7 @@ static uint64_t release_slot_locked(store_t *s, uint32_t slot)
 {
     table_ctl_t *tc = &s->hdr->table;
     uint64_t dropped = 0;
-    for (uint32_t e = 0; e < tc->capacity; e++) {
+    for (uint32_t e = 0; e < tc->touched; e++) {
         table_entry_t *en = ent(s, e);
         uint32_t st = atomic_load_explicit(&en->state, memory_order_relaxed);
         if (st == ENTRY_FREE)
@@ -313,7 +313,7 @@ static void recover_locked(store_t *s)
      *    the index's memory (it is rebuilt below anyway: no allocation in recovery). */
     uint32_t *order = s->table.index;
     uint32_t nlive = 0;
-    for (uint32_t e = 0; e < tc->capacity; e++) {
+    for (uint32_t e = 0; e < tc->touched; e++) {
         table_entry_t *en = ent(s, e);
         uint32_t st = atomic_load_explicit(&en->state, memory_order_acquire);
         if (st != ENTRY_CREATED && st != ENTRY_SEALED)
@@ -348,7 +348,7 @@ static void recover_locked(store_t *s)
     table_rebuild(&s->table, h->max_slots);
 
     /* 4. Deletes that were waiting for a pin that is now gone. */
-    for (uint32_t e = 0; e < tc->capacity; e++) {
+    for (uint32_t e = 0; e < tc->touched; e++) {
         table_entry_t *en = ent(s, e);
         if (atomic_load_explicit(&en->state, memory_order_relaxed) != ENTRY_FREE &&
             (en->flags & ENTRY_DELETE_PENDING) && en->npin_slots == 0)
@@ -697,7 +697,7 @@ int store_create_object(store_t *s, const uint8_t *id, uint64_t data_size, uint6
         unlock(s);
         return STORE_ERR_EXISTS;
     }
-    if (t->ctl->free_head == TABLE_NIL) {
+    if (table_full(t)) {
         unlock(s);
         return STORE_ERR_TABLE_FULL;
     }
@@ -991,7 +991,7 @@ int store_list(store_t *s, uint8_t *ids, size_t cap, size_t *n)
     if (rc != STORE_OK)
         return rc;
     size_t k = 0;
-    for (uint32_t e = 0; e < s->hdr->table.capacity; e++) {
+    for (uint32_t e = 0; e < s->hdr->table.touched; e++) {
         table_entry_t *en = ent(s, e);
         if (atomic_load_explicit(&en->state, memory_order_relaxed) == ENTRY_FREE ||
             (en->flags & ENTRY_UNINDEXED))
@@ -1081,7 +1081,7 @@ static int check_locked(store_t *s, store_report_t *out)
         return store_fail(STORE_ERR_INVALID, "slots: %u in use, counter says %u", nslots, h->slots_in_use);
     if (!s->slots[s->slot].in_use || s->slots[s->slot].pid != s->pid)
         return store_fail(STORE_ERR_INVALID, "slots: this process's slot %u is not its own", s->slot);
-    for (uint32_t e = 0; e < tc->capacity; e++) {
+    for (uint32_t e = 0; e < tc->touched; e++) {
         table_entry_t *en = ent(s, e);
         local_total += s->local_pins[e];
         if (atomic_load_explicit(&en->state, memory_order_relaxed) == ENTRY_FREE) {

@@ -117,7 +117,7 @@ static void rebuild_index(table_t *t)
     table_ctl_t *c = t->ctl;
     memset(t->index, 0, (size_t)c->index_size * sizeof(uint32_t));
     c->index_used = c->index_tombs = 0;
-    for (uint32_t e = 0; e < c->capacity; e++) {
+    for (uint32_t e = 0; e < c->touched; e++) {
         table_entry_t *en = table_entry(t, e);
         uint32_t st = atomic_load_explicit(&en->state, memory_order_acquire);
         if (st == ENTRY_FREE || (en->flags & ENTRY_UNINDEXED))
@@ -141,10 +141,16 @@ void table_maybe_rehash(table_t *t)
 
 uint32_t table_pop_free(table_t *t)
 {
-    uint32_t e = t->ctl->free_head;
-    if (e != TABLE_NIL)
-        t->ctl->free_head = table_entry(t, e)->next_free;
-    return e;
+    table_ctl_t *c = t->ctl;
+    uint32_t e = c->free_head;
+    if (e != TABLE_NIL) {
+        c->free_head = table_entry(t, e)->next_free;
+        return e;
+    }
+    if (c->touched < c->capacity)   /* a crash right after this leaves a FREE entry below
+                                     * the mark: rebuild puts it on the free list */
+        return c->touched++;
+    return TABLE_NIL;
 }
 
 void table_push_free(table_t *t, uint32_t e)
@@ -155,6 +161,9 @@ void table_push_free(table_t *t, uint32_t e)
 
 /* ---- init, rebuild, check ----------------------------------------------------- */
 
+/* ``t->entries`` and ``t->index`` must be zero already (a fresh segment, or calloc): a
+ * zero entry is FREE and a zero index slot is empty, so nothing is written here and the
+ * pages of a large table are only allocated as entries come into use. */
 void table_init(table_t *t, uint32_t capacity, uint32_t pin_words)
 {
     table_ctl_t *c = t->ctl;
@@ -163,11 +172,8 @@ void table_init(table_t *t, uint32_t capacity, uint32_t pin_words)
     c->pin_words = pin_words;
     c->stride = table_stride(pin_words);
     c->index_size = table_index_size(capacity);
-    memset(t->entries, 0, (size_t)capacity * c->stride);
-    memset(t->index, 0, (size_t)c->index_size * sizeof(uint32_t));
     c->free_head = TABLE_NIL;
-    for (uint32_t e = capacity; e-- > 0;)
-        table_push_free(t, e);
+    c->touched = 0;
 }
 
 void table_rebuild(table_t *t, uint32_t max_slots)
@@ -175,7 +181,7 @@ void table_rebuild(table_t *t, uint32_t max_slots)
     table_ctl_t *c = t->ctl;
     c->free_head = TABLE_NIL;
     c->live = c->sealed = c->pinned = c->delete_pending = 0;
-    for (uint32_t e = c->capacity; e-- > 0;) {
+    for (uint32_t e = c->touched; e-- > 0;) {
         table_entry_t *en = table_entry(t, e);
         uint32_t st = atomic_load_explicit(&en->state, memory_order_acquire);
         if (st != ENTRY_CREATED && st != ENTRY_SEALED) {
@@ -202,7 +208,7 @@ void table_rebuild(table_t *t, uint32_t max_slots)
         c->pinned += n > 0;
     }
     rebuild_index(t);
-    for (uint32_t e = 0; e < c->capacity; e++) {
+    for (uint32_t e = 0; e < c->touched; e++) {
         table_entry_t *en = table_entry(t, e);
         if (atomic_load_explicit(&en->state, memory_order_relaxed) != ENTRY_FREE &&
             (en->flags & ENTRY_DELETE_PENDING))
@@ -214,7 +220,7 @@ int table_check(const table_t *t)
 {
     const table_ctl_t *c = t->ctl;
     uint32_t live = 0, sealed = 0, pinned = 0, pending = 0, indexed = 0;
-    for (uint32_t e = 0; e < c->capacity; e++) {
+    for (uint32_t e = 0; e < c->touched; e++) {
         const table_entry_t *en = table_entry(t, e);
         uint32_t st = atomic_load_explicit(&en->state, memory_order_acquire);
         if (st == ENTRY_FREE)
@@ -266,17 +272,20 @@ int table_check(const table_t *t)
     if (used != indexed || used != c->index_used || tombs != c->index_tombs)
         return store_fail(STORE_ERR_INVALID, "index: %u keys %u tombstones, counters %u %u, live indexed %u",
                           used, tombs, c->index_used, c->index_tombs, indexed);
+    if (c->touched > c->capacity)
+        return store_fail(STORE_ERR_INVALID, "table: %u entries touched of %u", c->touched, c->capacity);
     uint32_t nfree = 0;
     for (uint32_t e = c->free_head; e != TABLE_NIL; e = table_entry(t, e)->next_free) {
-        if (e >= c->capacity)
-            return store_fail(STORE_ERR_INVALID, "table: free list names entry %u of %u", e, c->capacity);
-        if (++nfree > c->capacity - live)
+        if (e >= c->touched)
+            return store_fail(STORE_ERR_INVALID, "table: free list names entry %u, only %u touched",
+                              e, c->touched);
+        if (++nfree > c->touched - live)
             return store_fail(STORE_ERR_INVALID, "table: free list longer than the free entries (cycle?)");
         if (atomic_load_explicit(&table_entry(t, e)->state, memory_order_acquire) != ENTRY_FREE)
             return store_fail(STORE_ERR_INVALID, "table: live entry %u is on the free list", e);
     }
-    if (nfree != c->capacity - live)
-        return store_fail(STORE_ERR_INVALID, "table: %u free entries, %u on the free list",
-                          c->capacity - live, nfree);
+    if (nfree != c->touched - live)
+        return store_fail(STORE_ERR_INVALID, "table: %u free entries below the mark, %u on the free list",
+                          c->touched - live, nfree);
     return STORE_OK;
 }

@@ -71,7 +71,11 @@ typedef struct table_ctl {
     uint32_t pin_words;       /* 64-bit words of pin bits per entry                          */
     uint32_t stride;          /* bytes per entry                                             */
     uint32_t index_size;      /* power of two >= 2 x capacity                                */
-    uint32_t free_head;       /* first FREE entry, TABLE_NIL if none                         */
+    uint32_t free_head;       /* first FREE entry given back, TABLE_NIL if none              */
+    uint32_t touched;         /* entries [0, touched) were handed out at least once; the rest
+                               * are FREE and still zero pages: never read, never written, so
+                               * a big table costs nothing until it is used (on tmpfs even a
+                               * read allocates a page)                                     */
     uint32_t live;            /* entries not FREE                                            */
     uint32_t index_used;      /* index slots holding an entry                                */
     uint32_t index_tombs;     /* index slots holding a tombstone                             */
@@ -131,6 +135,12 @@ int table_index_remove(table_t *t, uint32_t e);
 void table_maybe_rehash(table_t *t);
 
 /* Free-entry list. */
+/* No FREE entry left: none given back, none untouched. */
+static inline int table_full(const table_t *t)
+{
+    return t->ctl->free_head == TABLE_NIL && t->ctl->touched >= t->ctl->capacity;
+}
+
 uint32_t table_pop_free(table_t *t);
 void table_push_free(table_t *t, uint32_t e);
 
