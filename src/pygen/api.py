@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import atexit
-import inspect
 import numbers
 import os
 import threading
@@ -137,7 +136,7 @@ def remote(*args: Any, **kwargs: Any) -> Any:
     from .remote_function import RemoteFunction
 
     def make(target: Any, opts: dict) -> Any:
-        if inspect.isclass(target):
+        if isinstance(target, type):
             raise NotImplementedError("actors (@pygen.remote on a class) are not available yet")
         if not callable(target):
             raise TypeError(f"@pygen.remote needs a function or a class, got {target!r}")

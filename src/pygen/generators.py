@@ -12,7 +12,6 @@ of item refs of a finished task.
 """
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Iterator, List, Optional
 
 from . import context, ids, serialization
@@ -58,6 +57,8 @@ class ObjectRefGenerator:
         return self
 
     async def __anext__(self) -> ObjectRef:
+        import asyncio  # only async users pay for it (workers start faster without it)
+
         client = self._client()
         loop = asyncio.get_running_loop()
         key = ids.stream_id(self._task_id)
@@ -67,7 +68,7 @@ class ObjectRefGenerator:
             except GetTimeoutError:
                 ready = loop.create_future()
 
-                def wake(fut: asyncio.Future = ready) -> None:
+                def wake(fut: Any = ready) -> None:
                     loop.call_soon_threadsafe(_resolve, fut)
 
                 client.on_ready(key, wake)
@@ -106,7 +107,7 @@ def _rebuild_generator(task_id: bytes) -> ObjectRefGenerator:
     return ObjectRefGenerator(task_id)
 
 
-def _resolve(fut: asyncio.Future) -> None:
+def _resolve(fut: Any) -> None:
     if not fut.done():
         fut.set_result(None)
 

@@ -12,11 +12,12 @@ the receiving process.
 """
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from . import context, serialization
+
+if TYPE_CHECKING:
+    import concurrent.futures
 
 __all__ = ["ObjectRef"]
 
@@ -83,8 +84,10 @@ class ObjectRef:
         return ObjectRef(self._id)
 
     # futures -----------------------------------------------------------------------
-    def future(self) -> concurrent.futures.Future:
+    def future(self) -> "concurrent.futures.Future":
         """A ``concurrent.futures.Future`` that resolves to the value (or its error)."""
+        import concurrent.futures  # not at import time: workers start faster without it
+
         fut: concurrent.futures.Future = concurrent.futures.Future()
         client = self._live_client()
         oid = self._id
@@ -103,6 +106,8 @@ class ObjectRef:
         return fut
 
     def __await__(self):
+        import asyncio
+
         return asyncio.wrap_future(self.future()).__await__()
 
     def _live_client(self) -> context.Client:

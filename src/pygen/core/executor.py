@@ -22,13 +22,12 @@ CANCEL and raises at a safe point).
 """
 from __future__ import annotations
 
-import asyncio
-import inspect
 import os
 import pickle
 import signal
 import threading
 import time
+import types
 from typing import Any, Dict, List, Optional, Tuple
 
 import cloudpickle
@@ -54,7 +53,7 @@ class Running:
         self.started = time.perf_counter()
         self.retry_exceptions = retry_exc
         self.in_user = False
-        self.async_task: Optional[asyncio.Task] = None
+        self.async_task: Any = None  # the asyncio.Task of a coroutine task
         self.cancelled = False
 
 
@@ -68,7 +67,7 @@ class Executor:
         self.closing: set = set()
         self.acks: Dict[bytes, int] = {}
         self.exiting = False
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._loop: Any = None  # asyncio loop, made on first use (asyncio is not imported before)
         client.on_control = self.on_control
         client.check_cancelled = self.check_cancelled
 
@@ -172,14 +171,14 @@ class Executor:
                 self.check_cancelled()
                 result = fn(*args, **kwargs)
                 del args, kwargs
-                if inspect.iscoroutine(result):
+                if type(result) is types.CoroutineType:
                     result = self._run_coroutine(state, result)
             finally:
                 state.in_user = False
         except BaseException as exc:
             self._fail(state, exc)
             return
-        if inspect.isgenerator(result) or inspect.isasyncgen(result):
+        if type(result) in _GENERATOR_TYPES:
             self._run_generator(state, result)
         elif state.kind != protocol.RETURNS_STATIC:
             kind = "streaming" if state.kind == protocol.RETURNS_STREAMING else "dynamic"
@@ -198,6 +197,8 @@ class Executor:
         return args, kwargs
 
     def _run_coroutine(self, state: Running, coro: Any) -> Any:
+        import asyncio
+
         loop = self._event_loop()
         task = state.async_task = loop.create_task(coro)
         try:
@@ -207,8 +208,10 @@ class Executor:
         finally:
             state.async_task = None
 
-    def _event_loop(self) -> asyncio.AbstractEventLoop:
+    def _event_loop(self) -> Any:
         if self._loop is None:
+            import asyncio
+
             self._loop = asyncio.new_event_loop()
             asyncio.set_event_loop(self._loop)
         return self._loop
@@ -275,7 +278,7 @@ class Executor:
 
     # -- generators ------------------------------------------------------------------------------
     def _run_generator(self, state: Running, gen: Any) -> None:
-        is_async = inspect.isasyncgen(gen)
+        is_async = type(gen) is types.AsyncGeneratorType
         static = state.kind == protocol.RETURNS_STATIC
         k = state.num_returns
         index = 0
@@ -401,6 +404,8 @@ class Executor:
         self._report(state, (protocol.END, state.task_id, state.attempt, count, payload,
                              contained, retryable, end_kind))
 
+
+_GENERATOR_TYPES = (types.GeneratorType, types.AsyncGeneratorType)
 
 # How often a running generator looks for CLOSE, CANCEL and ACK between its yields.
 CONTROL_CHECK_INTERVAL = 0.001
