@@ -1,0 +1,539 @@
+"""Lifecycle (SPEC §1): init/shutdown/is_initialized, auto-init, init inside a worker, the
+/dev/shm check, argument checks, close-on-exec descriptors, and clean exits: after
+``shutdown``, at interpreter exit and after the driver is killed by a signal, no worker,
+segment, descriptor or file of pygen is left.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import pygen
+from pygen.exceptions import PygenError
+
+from conftest import (MiB, assert_clean_after_shutdown, child_pids, run_python, shm_entries,
+                      wait_until)
+
+STORE = 64 * MiB
+
+
+@pytest.fixture(autouse=True)
+def no_session():
+    """Every test here starts and ends without pygen."""
+    if pygen.is_initialized():
+        pygen.shutdown()
+    yield
+    if pygen.is_initialized():
+        pygen.shutdown()
+    assert_clean_after_shutdown()
+
+
+def fds() -> dict:
+    out = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            out[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            pass  # the descriptor of the listing itself
+    return out
+
+
+def cloexec(fd: int, pid: str = "self") -> bool:
+    with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+        for line in f:
+            if line.startswith("flags:"):
+                return bool(int(line.split()[1], 8) & 0o2000000)
+    raise RuntimeError(f"no flags for fd {fd}")
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pygen.remote
+def getpid():
+    return os.getpid()
+
+
+@pygen.remote
+def add(a, b):
+    return a + b
+
+
+# -- init, is_initialized, auto-init --------------------------------------------------------------
+
+def test_is_initialized_follows_init_and_shutdown():
+    assert not pygen.is_initialized()
+    pygen.init(num_cpus=1, object_store_memory=STORE)
+    assert pygen.is_initialized()
+    assert pygen.get(add.remote(1, 2), timeout=30) == 3
+    pygen.shutdown()
+    assert not pygen.is_initialized()
+    assert_clean_after_shutdown()
+
+
+def test_public_names_at_top_level():
+    for name in ("init", "shutdown", "is_initialized", "remote", "put", "get", "wait", "cancel",
+                 "ObjectRef", "ObjectRefGenerator", "DynamicObjectRefGenerator", "exceptions",
+                 "state"):
+        assert hasattr(pygen, name), name
+    assert pygen.exceptions.TaskError.__module__.startswith("pygen")
+    for name in ("list_objects", "list_tasks", "list_actors", "store_stats"):
+        assert callable(getattr(pygen.state, name)), name
+
+
+AUTO_INIT = """
+import os, json, pygen
+assert not pygen.is_initialized()
+{action}
+assert pygen.is_initialized()
+stats = pygen.state.store_stats()
+workers = []
+for tid in os.listdir(f"/proc/{{os.getpid()}}/task"):
+    with open(f"/proc/{{os.getpid()}}/task/{{tid}}/children") as f:
+        workers += f.read().split()
+print(json.dumps({{"capacity": stats["capacity"], "workers": len(workers)}}))
+"""
+
+
+@pytest.mark.parametrize("action", [
+    "r = pygen.put(1); assert pygen.get(r) == 1",
+    "f = pygen.remote(lambda: 5); assert pygen.get(f.remote()) == 5",
+    "import pytest\nwith pytest.raises(pygen.exceptions.ObjectLostError):\n"
+    "    pygen.get(pygen.ObjectRef(bytes(20)), timeout=5)",
+    "assert pygen.wait([pygen.put(2)])[0]",
+], ids=["put", "remote", "get", "wait"])
+def test_auto_init_on_first_use(action):
+    proc = run_python(AUTO_INIT.format(action=action),
+                      env={"PYGEN_OBJECT_STORE_MEMORY": str(STORE)})
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["capacity"] == STORE
+
+
+def test_auto_init_uses_the_defaults():
+    code = ("import os\nfor k in ('PYGEN_NUM_CPUS', 'PYGEN_OBJECT_STORE_MEMORY'):\n"
+            "    os.environ.pop(k, None)\n" + AUTO_INIT.format(
+                action="pygen.put(1); pygen.get(pygen.remote(lambda: 1).remote())"))
+    proc = run_python(code, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    st = os.statvfs("/dev/shm")
+    expected = min(int(ram * 0.30), st.f_bavail * st.f_frsize)
+    assert 0.8 * expected <= out["capacity"] <= 1.01 * expected
+    assert 1 <= out["workers"] <= os.cpu_count()
+
+
+def test_env_defaults_for_auto_init():
+    proc = run_python(AUTO_INIT.format(action="import time; pygen.put(1); time.sleep(1)"),
+                      env={"PYGEN_NUM_CPUS": "1", "PYGEN_OBJECT_STORE_MEMORY": str(32 * MiB)})
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {"capacity": 32 * MiB, "workers": 1}
+
+
+def test_init_twice_raises_unless_ignored():
+    pygen.init(num_cpus=1, object_store_memory=STORE)
+    ref = pygen.put("kept")
+    with pytest.raises(RuntimeError, match="ignore_reinit_error"):
+        pygen.init(num_cpus=1, object_store_memory=STORE)
+    pygen.init(num_cpus=2, object_store_memory=STORE, ignore_reinit_error=True)
+    assert pygen.is_initialized()
+    assert pygen.get(ref) == "kept"  # the same session goes on
+    assert pygen.state.store_stats()["capacity"] == STORE
+
+
+def test_auto_init_then_explicit_init_raises():
+    os.environ["PYGEN_OBJECT_STORE_MEMORY"] = str(STORE)
+    os.environ["PYGEN_NUM_CPUS"] = "1"
+    try:
+        pygen.put(1)  # auto-init
+    finally:
+        del os.environ["PYGEN_OBJECT_STORE_MEMORY"], os.environ["PYGEN_NUM_CPUS"]
+    assert pygen.is_initialized()
+    with pytest.raises(RuntimeError):
+        pygen.init()
+
+
+def test_num_cpus_sets_the_pool_and_concurrency():
+    @pygen.remote
+    def nap():
+        time.sleep(0.4)
+        return os.getpid()
+
+    pygen.init(num_cpus=1, object_store_memory=STORE)
+    assert wait_until(lambda: len(child_pids()) == 1, 10)
+    t0 = time.monotonic()
+    pids = pygen.get([nap.remote(), nap.remote()], timeout=30)
+    assert time.monotonic() - t0 >= 0.75  # one after the other
+    assert len(set(pids)) == 1
+    pygen.shutdown()
+    pygen.init(num_cpus=2, object_store_memory=STORE)
+    assert wait_until(lambda: len(child_pids()) == 2, 10)
+    pygen.get([getpid.remote(), getpid.remote()], timeout=30)
+    t0 = time.monotonic()
+    pids = pygen.get([nap.remote(), nap.remote()], timeout=30)
+    assert time.monotonic() - t0 < 0.75  # side by side
+    assert len(set(pids)) == 2
+
+
+def test_num_cpus_zero_stores_objects_but_cannot_run_tasks():
+    pygen.init(num_cpus=0, object_store_memory=STORE)
+    assert pygen.get(pygen.put([1, 2])) == [1, 2]
+    with pytest.raises(ValueError, match="num_cpus"):
+        pygen.get(add.remote(1, 2), timeout=10)
+    assert pygen.get(add.options(num_cpus=0).remote(1, 2), timeout=30) == 3
+
+
+# -- init arguments ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs,exc,word", [
+    (dict(num_cpus="2"), TypeError, "num_cpus"),
+    (dict(num_cpus=True), TypeError, "num_cpus"),
+    (dict(num_cpus=-1), ValueError, "num_cpus"),
+    (dict(object_store_memory="1GB"), TypeError, "object_store_memory"),
+    (dict(object_store_memory=1.5e8), TypeError, "object_store_memory"),
+    (dict(object_store_memory=1000), ValueError, "object_store_memory"),
+    (dict(object_store_memory=-STORE), ValueError, "object_store_memory"),
+    (dict(worker_memory_limit=0), ValueError, "worker_memory_limit"),
+    (dict(worker_memory_limit="1G"), TypeError, "worker_memory_limit"),
+    (dict(spill_dir="/nonexistent/pygen/spill"), ValueError, "spill_dir"),
+])
+def test_bad_init_arguments(kwargs, exc, word):
+    kwargs.setdefault("object_store_memory", STORE)
+    before = fds()
+    with pytest.raises(exc, match=word):
+        pygen.init(**kwargs)
+    assert not pygen.is_initialized()
+    assert child_pids() == []
+    assert shm_entries(os.getpid()) == []
+    assert set(fds()) <= set(before) | {max(before) + 1}
+
+
+def test_init_rejects_unknown_arguments():
+    with pytest.raises(TypeError):
+        pygen.init(num_gpus=1)
+    with pytest.raises(TypeError):
+        pygen.init(2, STORE, None)  # worker_memory_limit is keyword-only
+    assert not pygen.is_initialized()
+
+
+def test_init_refuses_an_arena_larger_than_dev_shm():
+    st = os.statvfs("/dev/shm")
+    free = st.f_bavail * st.f_frsize
+    t0 = time.monotonic()
+    with pytest.raises(ValueError) as info:
+        pygen.init(num_cpus=1, object_store_memory=free + 1024 * MiB)
+    assert time.monotonic() - t0 < 1.0
+    text = str(info.value)
+    assert "object_store_memory" in text
+    assert "/dev/shm" in text
+    assert "smaller" in text.lower() or "larger" in text.lower()  # says what to do
+    assert not pygen.is_initialized()
+    assert child_pids() == []
+
+
+# -- init inside a worker -------------------------------------------------------------------------
+
+def test_init_inside_a_worker_is_a_no_op():
+    @pygen.remote
+    def calls_init():
+        pygen.init()
+        pygen.init(num_cpus=64, object_store_memory=2**40)  # would fail in a driver
+        pygen.init(ignore_reinit_error=True)
+        pygen.shutdown()  # a no-op too
+        return pygen.get(pygen.put("still works"))
+
+    pygen.init(num_cpus=2, object_store_memory=STORE)
+    assert wait_until(lambda: len(child_pids()) == 2, 10)
+    before = set(child_pids())
+    assert pygen.get(calls_init.remote(), timeout=30) == "still works"
+    assert pygen.get([add.remote(i, i) for i in range(10)], timeout=30) == [2 * i
+                                                                            for i in range(10)]
+    assert set(child_pids()) == before  # nothing was started or stopped
+
+
+def test_module_that_inits_at_import_time_can_be_used_in_a_task(tmp_path):
+    (tmp_path / "inits_on_import.py").write_text(
+        "import pygen\npygen.init()\nVALUE = 41\n")
+
+    @pygen.remote
+    def use_module(path):
+        import sys
+        sys.path.insert(0, path)
+        import inits_on_import
+        return inits_on_import.VALUE + 1
+
+    pygen.init(num_cpus=1, object_store_memory=STORE)
+    assert pygen.get(use_module.remote(str(tmp_path)), timeout=30) == 42
+
+
+# -- shutdown ------------------------------------------------------------------------------------
+
+def test_shutdown_leaves_no_worker_segment_descriptor_or_thread():
+    before_fds = fds()
+    before_threads = threading.active_count()
+    pygen.init(num_cpus=2, object_store_memory=STORE)
+    workers = set()
+    assert wait_until(lambda: len(child_pids()) == 2, 10)
+    workers |= set(child_pids())
+    refs = [pygen.put(os.urandom(1 << 20)) for _ in range(3)]
+    assert len(pygen.get(refs)) == 3
+    assert pygen.get(add.remote(1, 2), timeout=30) == 3
+    pygen.shutdown()
+    assert_clean_after_shutdown()
+    for pid in workers:
+        assert not alive(pid)
+    after = fds()
+    assert set(after) == set(before_fds), {fd: after[fd] for fd in set(after) - set(before_fds)}
+    assert wait_until(lambda: threading.active_count() <= before_threads, 2), \
+        [t.name for t in threading.enumerate()]
+
+
+def test_shutdown_is_idempotent_and_fine_without_init():
+    pygen.shutdown()
+    pygen.init(num_cpus=1, object_store_memory=STORE)
+    pygen.shutdown()
+    pygen.shutdown()
+    assert_clean_after_shutdown()
+
+
+def test_shutdown_stops_busy_workers_promptly():
+    @pygen.remote
+    def long_sleep():
+        time.sleep(60)
+
+    pygen.init(num_cpus=2, object_store_memory=STORE)
+    refs = [long_sleep.remote(), long_sleep.remote()]
+    assert wait_until(lambda: any(t["state"] == "running" for t in pygen.state.list_tasks()), 10)
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    pygen.shutdown()
+    assert time.monotonic() - t0 < 3.0
+    assert_clean_after_shutdown()
+    del refs
+
+
+def test_get_blocked_in_another_thread_ends_at_shutdown():
+    @pygen.remote
+    def long_sleep():
+        time.sleep(60)
+
+    pygen.init(num_cpus=1, object_store_memory=STORE)
+    ref = long_sleep.remote()
+    outcome = {}
+
+    def waiter():
+        try:
+            outcome["value"] = pygen.get(ref)
+        except BaseException as exc:  # noqa: BLE001 -- whatever it is, it must come
+            outcome["error"] = exc
+
+    t = threading.Thread(target=waiter, daemon=True)
+    t.start()
+    time.sleep(0.3)
+    pygen.shutdown()
+    t.join(5)
+    assert not t.is_alive(), "get still blocked after shutdown"
+    assert isinstance(outcome.get("error"), PygenError), outcome
+
+
+def test_reinit_after_shutdown_works_and_old_refs_are_refused():
+    pygen.init(num_cpus=1, object_store_memory=STORE)
+    old = pygen.put("old")
+    old_task = add.remote(1, 1)
+    assert pygen.get(old_task, timeout=30) == 2
+    pygen.shutdown()
+    assert_clean_after_shutdown()
+    pygen.init(num_cpus=2, object_store_memory=2 * STORE)
+    assert pygen.state.store_stats()["capacity"] == 2 * STORE
+    assert pygen.get(add.remote(2, 3), timeout=30) == 5
+    assert pygen.get(pygen.put("new")) == "new"
+    with pytest.raises((ValueError, PygenError)):
+        pygen.get(old, timeout=5)
+    del old, old_task
+    pygen.shutdown()
+    assert_clean_after_shutdown()
+    for _ in range(3):  # and again, quickly
+        pygen.init(num_cpus=1, object_store_memory=STORE)
+        assert pygen.get(add.remote(1, 1), timeout=30) == 2
+        pygen.shutdown()
+    assert_clean_after_shutdown()
+
+
+# -- descriptors -------------------------------------------------------------------------------
+
+LIST_FDS = [sys.executable, "-c",
+            "import os; print(' '.join(sorted(os.listdir('/proc/self/fd'), key=int)))"]
+
+
+def test_every_descriptor_pygen_opens_is_close_on_exec():
+    before = set(fds())
+    pygen.init(num_cpus=2, object_store_memory=STORE)
+    pygen.get([pygen.put(os.urandom(1 << 20)), add.remote(1, 2)], timeout=30)
+    opened = set(fds()) - before
+    assert opened, "pygen opened no descriptor?"
+    inheritable = [(fd, os.readlink(f"/proc/self/fd/{fd}")) for fd in opened if not cloexec(fd)]
+    assert inheritable == []
+    # a child started with close_fds=False sees none of them
+    seen = subprocess.run(LIST_FDS, capture_output=True, text=True, close_fds=False,
+                          timeout=30).stdout.split()
+    assert not ({int(x) for x in seen} & opened)
+
+
+def inherited_from_outside() -> set:
+    """Inheritable descriptors this test process got from whoever started it."""
+    return {fd for fd in fds() if fd > 2 and not cloexec(fd)}
+
+
+@pygen.remote
+def child_fds():
+    py = subprocess.run(LIST_FDS, capture_output=True, text=True, close_fds=False,
+                        timeout=30).stdout.split()
+    ls = subprocess.run(["ls", "-l", "/proc/self/fd"], capture_output=True, text=True,
+                        close_fds=False, timeout=30).stdout
+    mine = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            mine[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            pass
+    return ([int(x) for x in py],
+            sorted(int(line.split()[-3]) for line in ls.splitlines() if "->" in line),
+            {fd: (target, cloexec(fd)) for fd, target in mine.items() if fd > 2})
+
+
+def test_a_subprocess_of_a_task_inherits_no_pygen_descriptor():
+    outside = inherited_from_outside()  # (the strict version, with none: pending_runtime)
+    pygen.init(num_cpus=1, object_store_memory=STORE)
+    py, ls, worker_fds = pygen.get(child_fds.remote(), timeout=30)
+    assert set(py) - outside == {0, 1, 2, 3}, py  # 3: the listing's own descriptor
+    assert set(ls) - outside == {0, 1, 2, 3}, ls
+    # inside the worker every descriptor above 2 that pygen made is close-on-exec
+    ours = {fd: v for fd, v in worker_fds.items() if fd not in outside}
+    assert ours and all(flag for _, flag in ours.values()), worker_fds
+
+
+# -- clean exits of the driver ------------------------------------------------------------------
+
+DRIVER = """
+import os, sys, time, pygen
+pygen.init(num_cpus=2, object_store_memory={store}, spill_dir={spill!r})
+
+@pygen.remote
+def long_sleep():
+    time.sleep(120)
+
+@pygen.remote
+def big(i):
+    import numpy as np
+    return np.full(20_000_000 // 8, i)
+
+keep = [big.remote(i) for i in range(5)]      # more than the arena: some are spilled
+pygen.wait(keep, num_returns=5, timeout=60)
+refs = [long_sleep.remote(), long_sleep.remote()]
+def workers():
+    out = []
+    for tid in os.listdir(f"/proc/{{os.getpid()}}/task"):
+        with open(f"/proc/{{os.getpid()}}/task/{{tid}}/children") as f:
+            out += [int(p) for p in f.read().split()]
+    return out
+deadline = time.time() + 30
+while len(workers()) < 2 and time.time() < deadline:
+    time.sleep(0.01)
+time.sleep(0.2)
+print("PIDS", os.getpid(), *workers(), flush=True)
+{then}
+"""
+
+
+def start_driver(tmp_path, then: str) -> "tuple[subprocess.Popen, int, list]":
+    spill = tmp_path / "spill"
+    spill.mkdir(exist_ok=True)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    env["TMPDIR"] = str(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DRIVER.format(store=STORE, spill=str(spill), then=then)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    line = proc.stdout.readline()
+    if not line.startswith("PIDS"):
+        proc.kill()
+        raise AssertionError(f"driver did not start: {line!r} {proc.stderr.read()}")
+    pids = [int(x) for x in line.split()[1:]]
+    assert len(pids) >= 3, pids
+    return proc, pids[0], pids[1:]
+
+
+def assert_driver_left_nothing(tmp_path, driver_pid: int, workers: list,
+                               timeout: float = 5.0) -> None:
+    assert wait_until(lambda: not any(alive(p) for p in workers), timeout), \
+        [p for p in workers if alive(p)]
+    assert shm_entries(driver_pid) == []
+    leftovers = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert leftovers == [], leftovers
+    assert (tmp_path / "spill").exists() and os.listdir(tmp_path / "spill") == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_driver_killed_by_a_signal_leaves_nothing(tmp_path, sig):
+    proc, driver_pid, workers = start_driver(tmp_path, "time.sleep(120)")
+    try:
+        assert all(alive(p) for p in workers)
+        proc.send_signal(sig)
+        proc.wait(10)
+        t0 = time.monotonic()
+        assert_driver_left_nothing(tmp_path, driver_pid, workers)
+        assert time.monotonic() - t0 < 5
+    finally:
+        proc.kill()
+        proc.wait()
+        for p in workers:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.mark.parametrize("then", [
+    "pass",                                   # falls off the end of the script
+    "sys.exit(3)",
+    "raise RuntimeError('uncaught')",
+], ids=["end", "sys.exit", "uncaught"])
+def test_interpreter_exit_without_shutdown_leaves_nothing(tmp_path, then):
+    proc, driver_pid, workers = start_driver(tmp_path, then)
+    try:
+        t0 = time.monotonic()
+        proc.wait(15)
+        assert time.monotonic() - t0 < 10, "exit took too long"
+        assert proc.returncode == {"pass": 0, "sys.exit(3)": 3}.get(then, 1), proc.stderr.read()
+        assert_driver_left_nothing(tmp_path, driver_pid, workers)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_exit_while_get_is_blocked_in_a_daemon_thread(tmp_path):
+    then = ("import threading\n"
+            "threading.Thread(target=lambda: pygen.get(refs[0]), daemon=True).start()\n"
+            "time.sleep(0.2)")
+    proc, driver_pid, workers = start_driver(tmp_path, then)
+    try:
+        proc.wait(15)
+        assert proc.returncode == 0, proc.stderr.read()
+        assert_driver_left_nothing(tmp_path, driver_pid, workers)
+    finally:
+        proc.kill()
+        proc.wait()
