@@ -15,6 +15,7 @@ import pygen
 from pygen.exceptions import OutOfMemoryError, TaskError, WorkerCrashedError
 
 from conftest import MiB, child_pids, store_empty, wait_until
+from test_lifecycle import no_foreign_children  # noqa: F401 -- autouse, see there
 
 LIMIT = 100 * MiB
 pytestmark = pytest.mark.usefixtures("session")
