@@ -1,0 +1,212 @@
+"""Every program under ``examples/`` (the seed documents' code, ported) runs as a user runs it:
+a fresh interpreter, ``python examples/<file>.py``.  Each must exit with 0, print the lines
+the seed shows, and leave nothing behind: no segment in /dev/shm, no worker process.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import shm_entries, wait_until
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "examples", "*.py")))
+
+# per example: extra environment, arguments, time limit
+ENV = {"pattern_generators.py": {"PYGEN_WORKER_MEMORY_LIMIT": str(1 << 30)}}
+ARGS = {"store_demo.py": ["100"]}  # 100 MB instead of 400: same code paths, less time
+LIMIT = {"pattern_generators.py": 400, "streaming_intro.py": 90}
+SLOW = {"pattern_generators.py"}
+
+
+def environment(name: str) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([os.path.join(ROOT, "src")] +
+                                        [p for p in sys.path if p])
+    for key in ("PYGEN_NUM_CPUS", "PYGEN_OBJECT_STORE_MEMORY", "PYGEN_WORKER_MEMORY_LIMIT"):
+        env.pop(key, None)
+    env.update(ENV.get(name, {}))
+    return env
+
+
+def orphans_of(pid: int) -> list:
+    """Live processes started by pygen for the driver ``pid`` (its workers)."""
+    mark = f"PYGEN_PARENT_PID={pid}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+            with open(f"/proc/{entry}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if mark in env and state != "Z":
+            found.append(int(entry))
+    return found
+
+
+class Run:
+    def __init__(self, name: str, returncode: int, stdout: str, stderr: str, pid: int,
+                 line_times: list) -> None:
+        self.name = name
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        self.pid = pid
+        self.line_times = line_times  # (seconds since start, stdout line)
+
+    def lines(self) -> list:
+        return self.stdout.splitlines()
+
+
+def run_example(name: str) -> Run:
+    """Run one example, reading its stdout line by line (with arrival times)."""
+    cmd = [sys.executable, os.path.join(ROOT, "examples", name)] + ARGS.get(name, [])
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=environment(name), cwd=ROOT)
+    import threading
+
+    err_chunks = []
+    reader = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()))
+    reader.start()
+    line_times = []
+    limit = LIMIT.get(name, 60)
+    timer = threading.Timer(limit, proc.kill)
+    timer.start()
+    try:
+        for line in proc.stdout:
+            line_times.append((time.monotonic() - t0, line.rstrip("\n")))
+        proc.wait()
+    finally:
+        timer.cancel()
+        reader.join(10)
+    stdout = "\n".join(text for _, text in line_times)
+    stderr = "".join(err_chunks)
+    assert time.monotonic() - t0 < limit, f"{name} ran over {limit} s (killed)\n{stderr[-3000:]}"
+    return Run(name, proc.returncode, stdout, stderr, proc.pid, line_times)
+
+
+def check_common(run: Run) -> None:
+    assert run.returncode == 0, (f"{run.name} exited with {run.returncode}\n"
+                                 f"stdout:\n{run.stdout[-3000:]}\nstderr:\n{run.stderr[-3000:]}")
+    assert "internal error" not in run.stderr, run.stderr[-3000:]
+    # nothing left behind: segments of that driver, its workers
+    assert shm_entries(run.pid) == [], shm_entries(run.pid)
+    assert wait_until(lambda: not orphans_of(run.pid), 5), orphans_of(run.pid)
+
+
+def check_dynamic_generators(run: Run) -> None:
+    m = re.search(r"Split array of size (\d+) into (\d+) blocks of size 1000 each\.", run.stdout)
+    assert m, run.stdout
+    size, blocks = int(m.group(1)), int(m.group(2))
+    assert blocks == -(-size // 1000) or (size == 0 and blocks == 0)
+    assert re.search(r"^ObjectRef\([0-9a-f]{40}\)$", run.stdout, re.M), run.stdout
+    assert re.search(r"^DynamicObjectRefGenerator", run.stdout, re.M), run.stdout
+    forwarded = re.findall(r"^\(get_size pid=\d+\) DynamicObjectRefGenerator", run.stdout, re.M)
+    assert len(forwarded) == 2, run.stdout
+
+
+def check_generator_errors(run: Run) -> None:
+    # the two printed errors (static refs 3-4, then the dynamic generator's final ref)
+    assert run.stdout.count("Exception: error") == 2, run.stdout
+    assert run.stdout.count("Exception in task generator (pid=") == 2, run.stdout
+    # the seed's "known limitation": here the error is reported, never silent
+    assert re.search(r"task generator raised after it had yielded all its num_returns=2",
+                     run.stderr), run.stderr
+
+
+def check_streaming_generators(run: Run) -> None:
+    lines = run.lines()
+    assert lines[:3] == ["2", "3", "4"], lines
+    assert "Exception is raised when i == 2 as expected" in run.stdout
+    assert "ValueError" in run.stdout
+    assert "first item, still readable after the generator is gone: 0" in lines
+    start = lines.index("first item, still readable after the generator is gone: 0")
+    assert lines[start - 5:start] == ["0", "1", "2", "3", "4"]  # async for
+    two = lines[start + 1:start + 11]  # two async consumers interleaved
+    assert sorted(two) == sorted([str(i) for i in range(5)] * 2), two
+    final = eval(lines[-1])  # noqa: S307 - the printed result list
+    assert sorted(x for x in final if x is not None) == [0, 1, 2, 3, 4] and None in final
+
+
+def check_streaming_intro(run: Run) -> None:
+    lines = [(t, text) for t, text in run.line_times if text.strip()]
+    assert [text for _, text in lines] == ["0", "1", "2", "3", "4"], run.stdout
+    times = [t for t, _ in lines]
+    # printed every 5 seconds, not all after 25 seconds
+    assert times[0] < times[-1] - 15, times
+    for a, b in zip(times, times[1:]):
+        assert 3.5 < b - a < 7.5, times
+
+
+def check_pattern_generators(run: Run) -> None:
+    lines = run.lines()
+    order = ["Using normal functions...", "Worker failed with normal function",
+             "Using generators...", "Success!"]
+    positions = [lines.index(x) for x in order]
+    assert positions == sorted(positions), lines
+    # The seed shows "(large_values_generator pid=N) yielded return value i" for i = 0..99
+    # before "Success!": in Ray, ref 1 is ready only when the whole task is done.  Under
+    # SPEC 4.1 ref 1 is ready right after the first yield, so the program prints "Success!"
+    # and exits (shutdown stops the generator) after at most a few of those lines; what is
+    # printed must still be well formed and in order (see the report; the seed's full
+    # output is checked in tests/pending_generators.py).
+    yielded = [line for line in lines if "yielded return value" in line]
+    for i, line in enumerate(yielded):
+        assert re.match(rf"^\(large_values_generator pid=\d+\) yielded return value {i}$",
+                        line), yielded
+
+
+def check_store_demo(run: Run) -> None:
+    assert re.search(r"^\[parent pid=\d+\] store of \d+ MB", run.stdout, re.M), run.stdout
+    assert re.search(r"^\[child  pid=\d+\] put 100 MB", run.stdout, re.M), run.stdout
+    assert re.search(r"^\[child  pid=\d+\] got 100 MB .*zero-copy, writeable=False", run.stdout,
+                     re.M), run.stdout
+    assert re.search(r"^\[parent pid=\d+\] got 100 MB .*zero-copy", run.stdout, re.M)
+
+
+CHECKS = {
+    "dynamic_generators.py": check_dynamic_generators,
+    "generator_errors.py": check_generator_errors,
+    "streaming_generators.py": check_streaming_generators,
+    "streaming_intro.py": check_streaming_intro,
+    "pattern_generators.py": check_pattern_generators,
+    "store_demo.py": check_store_demo,
+}
+
+
+def params():
+    out = []
+    for name in EXAMPLES:
+        marks = [pytest.mark.timeout(LIMIT.get(name, 60) + 60)]
+        if name in SLOW:
+            marks.append(pytest.mark.slow)
+        out.append(pytest.param(name, marks=marks, id=name))
+    return out
+
+
+SEED_EXAMPLES = ["dynamic_generators.py", "generator_errors.py", "pattern_generators.py",
+                 "streaming_generators.py", "streaming_intro.py"]
+
+
+def test_the_seed_examples_are_there():
+    assert set(SEED_EXAMPLES) <= set(EXAMPLES), EXAMPLES
+
+
+@pytest.mark.parametrize("name", params())
+def test_example(name):
+    run = run_example(name)
+    check_common(run)
+    check = CHECKS.get(name)
+    if check is not None:  # an example added later runs with the common checks only
+        check(run)
