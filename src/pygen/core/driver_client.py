@@ -181,8 +181,10 @@ class DriverClient:
         while True:
             with node.lock:
                 done, oid = node.stream_take(task_id, DRIVER)
-                if done:
-                    return oid
+            if done:
+                node._run_callbacks()  # an ACK for a backpressured worker goes out now
+                return oid
+            with node.lock:
                 waiter = _Waiter(1)
                 node.on_ready(ids.stream_id(task_id), waiter.fire)
             if deadline is None:

@@ -68,6 +68,7 @@ class Executor:
         self.acks: Dict[bytes, int] = {}
         self.exiting = False
         self._loop: Any = None  # asyncio loop, made on first use (asyncio is not imported before)
+        self.flusher = _Flusher()
         client.on_control = self.on_control
         client.check_cancelled = self.check_cancelled
 
@@ -105,11 +106,7 @@ class Executor:
 
     def on_cancel_signal(self, signum: int, frame: Any) -> None:
         client = self.client
-        if client._reader.acquire(blocking=False):
-            try:
-                client.read_available()
-            finally:
-                client._reader.release()
+        client.read_available()  # takes the CANCEL, unless a thread of ours is reading now
         state = self.current
         if state is None or state.task_id not in self.cancelled:
             return
@@ -286,7 +283,7 @@ class Executor:
         too_many = False
         outcome: Tuple[int, Any] = (protocol.END_RETURNED, None)
         client = self.client
-        batch = _ItemBatcher(client, state)
+        batch = _ItemBatcher(client, state, self.flusher)
         next_check = 0.0
         while True:
             # control point: the generator is paused at a yield (or has not started)
@@ -412,27 +409,29 @@ CONTROL_CHECK_INTERVAL = 0.001
 
 
 class _ItemBatcher:
-    """Writes a generator's items: one at a time, or in batches while it yields fast.
+    """Writes a generator's items in order: one at a time, or in batches while it is fast.
 
     A write wakes the driver (20-300 us here); a generator that yields every few
     microseconds would spend most of its time on that.  While the last step took less
-    than FAST_STEP, items are gathered and written as one ITEMS message, at the latest
-    when MAX_ITEMS are gathered, when the first of them is MAX_DELAY old, or before a
-    step that follows a slow one.  The first item always goes out at once (time to first
-    item matters), and END flushes what is left.  The cost: when a generator that was
-    fast suddenly takes long for one step, the items of its last MAX_DELAY wait for it.
+    than FAST_STEP, items are gathered and written as one ITEMS message when MAX_ITEMS
+    are gathered or the first of them is MAX_DELAY old -- by the ``_Flusher`` thread if
+    the generator is busy or blocked in its next step then, so no item waits longer.
+    The first item always goes out at once (time to first item matters).  Every write
+    goes through ``lock``, in index order.
     """
 
     FAST_STEP = 50e-6
     MAX_ITEMS = 64
     MAX_DELAY = 0.001
 
-    __slots__ = ("client", "state", "items", "first_at", "step_started", "last_step",
-                 "sent_any")
+    __slots__ = ("client", "state", "flusher", "lock", "items", "first_at", "step_started",
+                 "last_step", "sent_any")
 
-    def __init__(self, client: WorkerClient, state: Running) -> None:
+    def __init__(self, client: WorkerClient, state: Running, flusher: "_Flusher") -> None:
         self.client = client
         self.state = state
+        self.flusher = flusher
+        self.lock = threading.Lock()
         self.items: list = []
         self.first_at = 0.0
         self.step_started = 0.0
@@ -440,30 +439,72 @@ class _ItemBatcher:
         self.sent_any = False
 
     def before_step(self) -> None:
-        if self.items and self.last_step >= self.FAST_STEP:
-            self.flush()
+        if self.items:
+            self.flusher.schedule(self, self.first_at + self.MAX_DELAY)
         self.step_started = time.perf_counter()
 
     def after_step(self) -> None:
         self.last_step = time.perf_counter() - self.step_started
 
     def write(self, index: int, payload: tuple, contained: list) -> None:
-        if not self.sent_any or self.last_step >= self.FAST_STEP:
-            self.sent_any = True
-            self.client.send((protocol.ITEM, self.state.task_id, self.state.attempt, index,
-                              payload, contained))
-            return
         now = time.perf_counter()
-        if not self.items:
-            self.first_at = now
-        self.items.append((index, payload, contained))
-        if len(self.items) >= self.MAX_ITEMS or now - self.first_at >= self.MAX_DELAY:
-            self.flush()
+        with self.lock:
+            if not self.items:
+                self.first_at = now
+            self.items.append((index, payload, contained))
+            if (not self.sent_any or self.last_step >= self.FAST_STEP
+                    or len(self.items) >= self.MAX_ITEMS or now - self.first_at >= self.MAX_DELAY):
+                self.sent_any = True
+                self._flush_locked()
 
     def flush(self) -> None:
-        if self.items:
-            items, self.items = self.items, []
+        with self.lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        items, self.items = self.items, []
+        if len(items) == 1:
+            index, payload, contained = items[0]
+            self.client.send((protocol.ITEM, self.state.task_id, self.state.attempt, index,
+                              payload, contained))
+        elif items:
             self.client.send((protocol.ITEMS, self.state.task_id, self.state.attempt, items))
+
+
+class _Flusher:
+    """A thread that writes a batch of items that has waited long enough.
+
+    It sleeps until a batch is due; a generator step that blocks (sleep, I/O, a lock)
+    releases the GIL, so the items gathered before it go out within MAX_DELAY.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._due: Optional[Tuple[_ItemBatcher, float]] = None
+        self._thread: Optional[threading.Thread] = None
+
+    def schedule(self, batcher: _ItemBatcher, deadline: float) -> None:
+        with self._cond:
+            if self._due is not None and self._due[0] is batcher:
+                return
+            self._due = (batcher, deadline)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="pygen-flusher", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._due is None:
+                    self._cond.wait()
+                batcher, deadline = self._due
+                left = deadline - time.perf_counter()
+                if left > 0:
+                    self._cond.wait(left)
+                    continue
+                self._due = None
+            batcher.flush()
 
 
 def _matches(spec: Any, exc: BaseException) -> bool:

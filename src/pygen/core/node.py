@@ -234,6 +234,7 @@ class Node:
         with self.lock:
             self.objects.create(oid, holder=owner)
             self.object_ready(oid, payload, contained)
+        self._run_callbacks()
 
     def _free_storage(self, entry: ObjEntry) -> None:
         if entry.in_store:

@@ -55,12 +55,20 @@ class WorkerClient:
 
     # -- sending ----------------------------------------------------------------------------
     def send(self, msg: tuple, flush: bool = True) -> None:
-        """Send ``msg`` (after any pending ref changes); ``flush=False`` only queues it."""
+        """Send ``msg``; ``flush=False`` only queues it.
+
+        New refs are reported before ``msg`` (it may hand them on); lost refs only after
+        it: ``msg`` may carry a value that contains them, and the node must learn about
+        the container before the refs inside it may go.
+        """
         self.busy += 1
         try:
-            for ref_msg in self._ref_messages():
-                self.conn.queue(ref_msg)
+            added, removed = self._ref_changes()
+            if added:
+                self.conn.queue((protocol.REFS, added, []))
             self.conn.queue(msg)
+            if removed:
+                self.conn.queue((protocol.REFS, [], removed))
             if flush and not self.conn.flush():
                 self.conn.drain_output()
         finally:
@@ -68,12 +76,14 @@ class WorkerClient:
 
     def flush(self) -> None:
         """Write pending ref changes and every queued message."""
-        for ref_msg in self._ref_messages():
-            self.conn.queue(ref_msg)
+        added, removed = self._ref_changes()
+        if added or removed:
+            self.conn.queue((protocol.REFS, added, removed))
         if self.conn.pending_output and not self.conn.flush():
             self.conn.drain_output()
 
-    def _ref_messages(self) -> List[tuple]:
+    def _ref_changes(self) -> Tuple[List[bytes], List[bytes]]:
+        """(ids this process started holding, ids it no longer holds) since last time."""
         removed = []
         pop = self._removed.popleft
         with self._counts_lock:
@@ -86,9 +96,7 @@ class WorkerClient:
                     removed.append(oid)
                 else:
                     self._counts[oid] = n
-        if added or removed:
-            return [(protocol.REFS, added, removed)]
-        return []
+        return added, removed
 
     # -- reference counting --------------------------------------------------------------------
     def add_ref(self, oid: bytes, registered: bool = False) -> None:
