@@ -5,6 +5,12 @@
 # On a machine with plenty of RAM a heap of 10 GB does not crash by itself; run it with a
 # per-worker memory limit, as the tests and `python -m pygen demo` do:
 #     PYGEN_WORKER_MEMORY_LIMIT=$((2<<30)) python examples/pattern_generators.py
+#
+# One difference from Ray, on purpose (SPEC 4.1): pygen makes the first refs ready as
+# soon as their values are yielded, so `get(...)[0]` below returns after the first yield,
+# not after the last one as the comment from Ray's docs says; the program then prints
+# "Success!" and, at exit, stops the generator.  To wait for the whole task, get the
+# last ref (`[-1]`), which is ready only when the generator has finished.
 import numpy as np
 import pygen
 
