@@ -5,7 +5,8 @@
   per task;
 * ``RssSampler``: peak private memory (``RssAnon`` of /proc/<pid>/status) of the process
   that runs a task, sampled by a thread while it runs; the task tells its pid (and its
-  RssAnon at start) through a file (``report_pid``), the same way under pygen and Ray;
+  RssAnon at start) through a file (``_workloads.report_pid``), the same way under pygen
+  and Ray;
 * small formatting helpers and the load average (recorded with every figure).
 """
 from __future__ import annotations
@@ -17,6 +18,8 @@ import sys
 import threading
 import time
 from typing import Optional
+
+from _workloads import rss_anon_kb
 
 ECHO_CHILD = r"""
 import socket, sys
@@ -56,26 +59,6 @@ class PipeEcho:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-
-
-def rss_anon_kb(pid: int) -> Optional[int]:
-    """RssAnon of ``pid`` in kB (private resident memory; shared-memory pages do not count)."""
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"RssAnon:"):
-                    return int(line.split()[1])
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    return None
-
-
-def report_pid(path: str) -> None:
-    """Called by a task as its first statement: tells the sampler its pid and RssAnon."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(f"{os.getpid()} {rss_anon_kb(os.getpid()) or 0}")
-    os.rename(tmp, path)
 
 
 class RssSampler:

@@ -19,6 +19,8 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 
+import _workloads
+
 GiB = 1 << 30
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -167,25 +169,13 @@ def stop_ray_now() -> float:
     return took
 
 
-def _warm_probe(seconds: float) -> int:
-    """Run in each worker: wait for this process's pre-fault of the arena, stay busy a
-    little (so the other worker gets the other probe), report the pid."""
-    import pygen.context
-    client = pygen.context.current()
-    store = getattr(client, "store", None)
-    if store is not None:
-        store.prefault_wait(timeout=120)
-    time.sleep(seconds)
-    return os.getpid()
-
-
 def warm_pygen() -> None:
     """Every worker up, the arena pre-faulted in the driver and in every worker."""
     import pygen
     import pygen.context
     node = pygen.context.current().node  # the driver's in-process node (DriverClient)
     node.store.prefault_wait(timeout=120)
-    probe = pygen.remote(_warm_probe)
+    probe = pygen.remote(_workloads.warm_probe)
     for _ in range(10):
         pids = set(pygen.get([probe.remote(0.2) for _ in range(PYGEN_NUM_CPUS)]))
         if len(pids) == PYGEN_NUM_CPUS:
@@ -194,15 +184,10 @@ def warm_pygen() -> None:
                        f"{PYGEN_NUM_CPUS} distinct workers")
 
 
-def _ray_probe(seconds: float) -> int:
-    time.sleep(seconds)
-    return os.getpid()
-
-
 def warm_ray() -> None:
     """Ray's workers started (Ray starts them lazily) and its task path exercised."""
     import ray
-    probe = ray.remote(_ray_probe)
+    probe = ray.remote(_workloads.sleep_pid)
     ray.get([probe.remote(0.5) for _ in range(RAY_INIT_KWARGS["num_cpus"])])
     ray.get([probe.remote(0) for _ in range(200)])
 

@@ -32,8 +32,9 @@ import time
 import numpy as np
 import pytest
 
-from _measure import Figures, RssSampler, note, rate, ratio, report_pid, seconds
+from _measure import Figures, RssSampler, note, rate, ratio, seconds
 from _ray_baseline import Runtimes, ray_version
+from _workloads import big_generator, big_items, big_list, count, first_then_more
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -56,35 +57,6 @@ ROW_MEM = {"list": f"peak worker RssAnon: list of {MEM_N} x {MEM_BYTES // MB} MB
            "generator": f"peak worker RssAnon: generator of {MEM_N} x {MEM_BYTES // MB} MB"}
 
 FIG = Figures()
-
-
-# == the task functions (module level: workers import them by name) =====================
-def count(n):
-    for i in range(n):
-        yield i
-
-
-def first_then_more():
-    yield 0
-    time.sleep(0.005)  # still running when the first item is read
-    yield 1
-
-
-def big_items(n, nbytes):
-    a = np.full(nbytes, 7, dtype=np.uint8)
-    for _ in range(n):
-        yield a        # captured (copied into the store) at each yield
-
-
-def big_list(n, nbytes, pidfile):
-    report_pid(pidfile)
-    return [np.full(nbytes, i, dtype=np.uint8) for i in range(n)]
-
-
-def big_generator(n, nbytes, pidfile):
-    report_pid(pidfile)
-    for i in range(n):
-        yield np.full(nbytes, i, dtype=np.uint8)
 
 
 MEM_FUNCTIONS = {"list": big_list, "generator": big_generator}

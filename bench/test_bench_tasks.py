@@ -27,6 +27,7 @@ import pytest
 from _measure import Figures, PipeEcho, note, rate, ratio, seconds
 from _ray_baseline import (Runtimes, ray_or_skip, ray_version, start_ray, stop_ray_now,
                            warm_ray)
+from _workloads import noop
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -45,10 +46,6 @@ ROW_SHUTDOWN = "shutdown"
 
 # pygen's medians (and their extra_info dicts), for the ratios of the later tests
 FIG = Figures()
-
-
-def noop(i):
-    return i
 
 
 @pytest.fixture(scope="module")
