@@ -28,7 +28,7 @@ from pygen import ObjectRefGenerator
 from pygen.exceptions import (GetTimeoutError, InconsistentRetryError, PygenError,
                               TaskCancelledError, TaskError, WorkerCrashedError)
 
-from conftest import store_empty, wait_until
+from conftest import STORE, assert_clean_after_shutdown, store_empty, wait_until
 
 pytestmark = pytest.mark.usefixtures("session")
 
@@ -116,6 +116,23 @@ def rss_anon(pid: int) -> int:
 
 class Boom(Exception):
     pass
+
+
+@pytest.fixture
+def fresh():
+    """conftest's ``fresh``, then this module's session again (not an auto-init with the
+    defaults) for the tests that follow."""
+    pygen.shutdown()
+
+    def start(**kwargs):
+        kwargs.setdefault("num_cpus", 2)
+        kwargs.setdefault("object_store_memory", STORE)
+        pygen.init(**kwargs)
+
+    yield start
+    pygen.shutdown()
+    assert_clean_after_shutdown()
+    pygen.init(num_cpus=2, object_store_memory=STORE)
 
 
 # -- remote functions ------------------------------------------------------------------------
@@ -1312,3 +1329,159 @@ def test_worker_heap_does_not_grow_with_the_number_of_yields():
     limit = 60 * 10**6
     assert own_peak < limit, f"worker heap grew by {own_peak / 1e6:.0f} MB"
     assert sampled[0] < limit, f"worker heap grew by {sampled[0] / 1e6:.0f} MB (sampled)"
+
+
+# == more execution models and places ===============================================================
+
+def test_async_generator_close_runs_its_finally(tmp_path):
+    @pygen.remote
+    async def aticking(d):
+        i = 0
+        try:
+            while True:
+                await asyncio.sleep(0.005)
+                yield i
+                i += 1
+        finally:
+            touch(os.path.join(d, "finally"))
+
+    gen = aticking.remote(str(tmp_path))
+    assert pygen.get(gen.next_ready(T), timeout=T) == 0
+    gen.close()
+    assert wait_file(tmp_path / "finally")
+    assert_stopped(gen)
+
+
+def test_async_generator_cancel_between_yields(tmp_path):
+    @pygen.remote
+    async def aticking():
+        i = 0
+        while True:
+            await asyncio.sleep(0.005)
+            yield i
+            i += 1
+
+    gen = aticking.remote()
+    assert pygen.get(gen.next_ready(T), timeout=T) == 0
+    pygen.cancel(gen)
+    values, error, after = values_until_error(gen)
+    assert isinstance(error, TaskCancelledError) and after == []
+    assert values == list(range(1, len(values) + 1))
+
+
+def test_async_generator_exception_at_its_position():
+    @pygen.remote
+    async def araises():
+        yield 1
+        await asyncio.sleep(0.001)
+        raise Boom("async boom")
+
+    values, error, after = values_until_error(araises.remote())
+    assert values == [1] and isinstance(error, Boom) and after == []
+
+
+def test_async_generator_with_backpressure(tmp_path):
+    log = str(tmp_path / "log")
+
+    @pygen.remote(generator_backpressure=2)
+    async def alogging(log, n):
+        for i in range(n):
+            with open(log, "a") as f:
+                f.write(f"{i}\n")
+            yield i
+
+    gen = alogging.remote(log, 10)
+    assert wait_until(lambda: len(logged(log)) >= 2, 10)
+    time.sleep(0.3)
+    assert logged(log) == ["0", "1"]
+    assert pygen.get(drain(gen), timeout=T) == list(range(10))
+
+
+def test_generator_created_and_consumed_inside_a_task():
+    @pygen.remote
+    def outer(n):
+        gen = count_up.remote(n, 0.001)
+        values = [pygen.get(r) for r in gen]
+        return values, pygen.get(gen.completed())
+
+    assert pygen.get(outer.remote(5), timeout=T) == ([0, 1, 2, 3, 4], None)
+
+
+def test_generator_deleted_inside_a_task_frees_its_items():
+    @pygen.remote
+    def takes_two():
+        gen = big.remote(6)
+        first = [int(pygen.get(r)[0]) for r in (next(gen), next(gen))]
+        del gen
+        return first
+
+    @pygen.remote
+    def big(n):
+        for i in range(n):
+            time.sleep(0.001)
+            yield np.full(MiB, i, dtype=np.uint8)
+
+    assert store_empty()
+    assert pygen.get(takes_two.remote(), timeout=T) == [0, 1]
+    assert store_empty(10)
+
+
+def test_consumer_blocked_in_next_gives_its_cpu_back(fresh):
+    """With one CPU, a task iterating a generator it submitted never deadlocks."""
+    fresh(num_cpus=1)
+
+    @pygen.remote
+    def parent():
+        return [pygen.get(r) for r in count_up.remote(3, 0.01)]
+
+    assert pygen.get(parent.remote(), timeout=T) == [0, 1, 2]
+
+
+def test_worker_output_of_a_generator_is_forwarded_with_its_prefix(capsys):
+    @pygen.remote
+    def chatty(n):
+        for i in range(n):
+            print(f"yielded return value {i}")
+            yield i
+
+    gen = chatty.remote(3)
+    pid = None
+    assert pygen.get(drain(gen), timeout=T) == [0, 1, 2]
+    pygen.get(gen.completed(), timeout=T)
+    seen = []
+
+    def printed():
+        seen.append(capsys.readouterr().out)
+        return "".join(seen).count("yielded return value") >= 3
+
+    assert wait_until(printed, 10), seen
+    lines = [line for line in "".join(seen).splitlines() if "yielded return value" in line]
+    for i, line in enumerate(lines):
+        assert line.startswith("(chatty pid=") and line.endswith(f") yielded return value {i}")
+        pid = pid or line.split("pid=")[1].split(")")[0]
+        assert f"pid={pid})" in line
+
+
+def test_memory_limit_kills_the_list_version_and_not_the_generator():
+    """The seed's pattern, small: 12 arrays of 30 MB under a 250 MB limit."""
+    @pygen.remote(max_retries=0, memory=250 * 10**6)
+    def as_list(n):
+        values = [np.full(30 * 10**6, i, dtype=np.uint8) for i in range(n)]
+        time.sleep(2)  # holds them (the memory monitor polls every 50 ms)
+        return values[:1]
+
+    @pygen.remote(max_retries=0, memory=250 * 10**6)
+    def as_generator(n):
+        for i in range(n):
+            yield np.full(30 * 10**6, i, dtype=np.uint8)
+
+    from pygen.exceptions import OutOfMemoryError
+
+    with pytest.raises(OutOfMemoryError):
+        pygen.get(as_list.remote(12), timeout=60)
+    gen = as_generator.remote(12)
+    for i in range(12):
+        arr = pygen.get(gen.next_ready(60), timeout=60)
+        assert int(arr[0]) == i
+        del arr
+    assert pygen.get(gen.completed(), timeout=60) is None
