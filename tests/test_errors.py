@@ -296,14 +296,16 @@ def test_nested_failed_ref_stays_a_ref():
 # -- worker crashes -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("how", ["exit", "sigkill", "segfault"])
-def test_worker_crash_raises_worker_crashed_error_quickly(how):
+def test_worker_crash_raises_worker_crashed_error_quickly(how, tmp_path):
     @pygen.remote(max_retries=0)
-    def dies(how):
+    def dies(how, marker):
+        open(marker, "w").close()  # the moment of death, give or take a syscall
         crash(how)
 
-    pygen.get([identity.remote(0), identity.remote(0)], timeout=30)  # the pool is up
+    marker = str(tmp_path / "dying")
+    ref = dies.remote(how, marker)
+    assert wait_until(lambda: os.path.exists(marker), 30, 0.001)
     t0 = time.monotonic()
-    ref = dies.remote(how)
     with pytest.raises(WorkerCrashedError) as info:
         pygen.get(ref, timeout=10)
     elapsed = time.monotonic() - t0
