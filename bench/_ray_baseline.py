@@ -7,7 +7,8 @@ stops Ray (and waits until its processes are gone) before starting pygen, and
 first and their Ray tests after, so Ray is started once per module.
 
 Ray is optional (``pip install -e '.[ray]'`` or ``pip install 'ray==2.60.0'``); when it
-cannot be imported, ``runtimes.ray()`` skips the test with ``RAY_SKIP_REASON``.
+cannot be imported (or ``BENCH_NO_RAY=1`` is set), ``runtimes.ray()`` skips the test with
+``RAY_SKIP_REASON``.
 """
 from __future__ import annotations
 
@@ -42,12 +43,12 @@ RAY_INIT_KWARGS: Dict[str, Any] = dict(
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
-if importlib.util.find_spec("ray") is None:
-    RAY_SKIP_REASON: Optional[str] = (
-        "Ray is not installed: Ray's rows are skipped (pip install -e '.[ray]', or "
-        "pip install 'ray==2.60.0', to measure them beside pygen's)")
-else:
-    RAY_SKIP_REASON = None
+RAY_SKIP_REASON: Optional[str] = None
+if os.environ.get("BENCH_NO_RAY"):
+    RAY_SKIP_REASON = "BENCH_NO_RAY is set: Ray's rows are skipped"
+elif importlib.util.find_spec("ray") is None:
+    RAY_SKIP_REASON = ("Ray is not installed: Ray's rows are skipped (pip install -e '.[ray]', "
+                       "or pip install 'ray==2.60.0', to measure them beside pygen's)")
 
 
 def ray_version() -> str:

@@ -48,7 +48,7 @@ COPY_ROUNDS = 40
 MEM_N, MEM_BYTES, MEM_ROUNDS = 20, 50 * MB, 3
 RAY_ITEMS_N, RAY_ITEMS_ROUNDS = 20_000, 3    # Ray streams ~10x slower: fewer items a round
 RAY_FIRST_TRIALS = 50
-RAY_BIG_ROUNDS = 4
+RAY_BIG_ROUNDS = 6
 
 ROW_ITEMS = "stream items/s: next + get, small ints"
 ROW_FIRST = "remote() -> first item's value"

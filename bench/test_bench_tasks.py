@@ -5,7 +5,8 @@
   tiny message's round trip over a socketpair between two Python processes (``PipeEcho``);
 * 10,000 tasks submitted, then awaited with one ``get``, per second; goal >= 10x Ray;
 * ``init`` + first task round trip: a fresh ``pygen.init()`` with defaults, one trivial
-  task, its result (goal < 0.3 s); ``shutdown`` timed separately.
+  task, its result (goal < 0.3 s); ``shutdown`` timed separately.  Beside it the floor of
+  a design that starts worker processes: a fresh interpreter importing the worker's modules.
 
 Ray's figures are measured in the same run when Ray is installed (``pip install -e
 '.[ray]'``), never while pygen runs: this module runs every pygen test first, then starts
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 import pytest
@@ -79,17 +82,23 @@ def test_pygen_init_first_result(benchmark, runtimes, record, compare):
     benchmark.pedantic(init_and_first, setup=setup, rounds=INIT_ROUNDS, iterations=1,
                        warmup_rounds=1)
     setup()  # the last shutdown, timed too
+    bare = _process_start(["-c", "pass"])
+    worker_imports = _process_start(["-c", WORKER_IMPORTS])
     first = benchmark.stats.stats.median
     init_s = statistics.median(inits)
     down_s = statistics.median(shutdowns)
     load = note(benchmark, init_first_result_s=round(first, 4), init_call_s=round(init_s, 4),
-                shutdown_s=round(down_s, 4), shutdown_max_s=round(max(shutdowns), 4))
+                shutdown_s=round(down_s, 4), shutdown_max_s=round(max(shutdowns), 4),
+                python_start_s=round(bare, 4), python_start_worker_imports_s=round(worker_imports, 4))
     FIG.pygen("init", first, benchmark, compare, ROW_INIT, load)
     FIG.pygen("shutdown", down_s, benchmark, compare, ROW_SHUTDOWN, load)
     record("pygen init + first result",
-           f"{seconds(first)} (init() returns after {seconds(init_s)}); goal < 0.3 s")
+           f"{seconds(first)} (init() returns after {seconds(init_s)}); goal < 0.3 s; a bare "
+           f"`python -c pass` takes {seconds(bare)}, with the worker's imports {seconds(worker_imports)}")
     record("pygen shutdown", f"{seconds(down_s)} (max {seconds(max(shutdowns))})")
-    compare(ROW_INIT, pygen=seconds(first), goal="< 0.3 s")
+    compare(ROW_INIT, pygen=seconds(first), goal="< 0.3 s",
+            other_reference=f"python start + worker imports {seconds(worker_imports)}",
+            pygen_vs_other=ratio(worker_imports / first))
     compare(ROW_SHUTDOWN, pygen=seconds(down_s))
 
 
@@ -148,6 +157,20 @@ def test_pipe_round_trip(benchmark, runtimes, record, compare):
                 pygen_vs_other=ratio(per_s * rtt))
     note(benchmark, **info)
     record("pipe round trip (floor)", text)
+
+
+WORKER_IMPORTS = ("import pygen, pygen.core.worker, pygen.core.executor, "
+                  "pygen.core.worker_client, pygen.core.transport")
+
+
+def _process_start(args, rounds=5):
+    """Median wall time of a fresh interpreter running ``args`` (the floor of a cold worker)."""
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable] + args, check=True)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 # == Ray ==============================================================================
