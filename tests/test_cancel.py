@@ -266,3 +266,67 @@ def test_non_recursive_cancel_leaves_children_running(tmp_path):
     assert not os.path.exists(os.path.join(d, "child", "caught"))
 
 
+
+
+# -- tasks queued on a busy worker (pipelining of short tasks) ------------------------------
+
+@pygen.remote
+def short(mode, path=None):
+    """Usually instant (so the node queues more of it on busy workers); can wait or mark."""
+    if mode == "gate":
+        deadline = time.monotonic() + 30
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.005)
+    elif mode == "mark":
+        with open(path, "a") as f:
+            f.write("x")
+    return os.getpid()
+
+
+@pygen.remote
+def not_short(path):
+    """Never known to be short: a worker running it is no queueing target."""
+    while not os.path.exists(path):
+        time.sleep(0.005)
+    return os.getpid()
+
+
+def queue_behind_a_gate(tmp_path):
+    """Both CPUs busy, one with a (so far) short function: returns (gate ref, other ref,
+    release path).  Tasks of ``short`` submitted now are queued on the gate's worker."""
+    for _ in range(10):
+        pygen.get([short.remote("fast") for _ in range(4)], timeout=30)
+    release = str(tmp_path / "release")
+    other = not_short.remote(release)
+    gate = short.remote("gate", release)
+    time.sleep(0.1)
+    return gate, other, release
+
+
+def test_cancel_of_a_task_queued_on_a_busy_worker(tmp_path):
+    gate, other, release = queue_behind_a_gate(tmp_path)
+    marks = [str(tmp_path / f"mark-{i}") for i in range(3)]
+    queued = [short.remote("mark", m) for m in marks]
+    pygen.cancel(queued[1])
+    touch(release)  # (that get raises before the worker gets there: pending_runtime BUG 12)
+    with pytest.raises(TaskCancelledError):
+        pygen.get(queued[1], timeout=30)
+    pids = pygen.get([gate, other, queued[0], queued[2]], timeout=30)
+    assert all(alive(p) for p in pids)
+    assert not os.path.exists(marks[1])
+    assert open(marks[0]).read() == "x" and open(marks[2]).read() == "x"
+
+
+def test_force_cancel_of_a_task_queued_on_a_busy_worker_kills_nothing(tmp_path):
+    gate, other, release = queue_behind_a_gate(tmp_path)
+    mark_path = str(tmp_path / "mark")
+    queued = short.remote("mark", mark_path)
+    after = short.remote("fast")
+    pygen.cancel(queued, force=True)
+    with pytest.raises(TaskCancelledError):
+        pygen.get(queued, timeout=5)
+    touch(release)
+    gate_pid = pygen.get(gate, timeout=30)  # the task the worker was running finishes
+    assert alive(gate_pid)
+    pygen.get([other, after], timeout=30)
+    assert not os.path.exists(mark_path)
