@@ -205,6 +205,29 @@ def test_ref_k_is_ready_only_when_the_generator_has_finished(tmp_path):
     assert pygen.get(r1) == 1
 
 
+def test_refs_before_k_ready_while_the_generator_is_blocked_after_fast_yields(tmp_path):
+    release = str(tmp_path / "release")
+
+    @pygen.remote(num_returns=4)
+    def three_then_wait(release):
+        for i in range(3):
+            yield i
+        deadline = time.monotonic() + 30
+        while not os.path.exists(release) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        yield 3
+
+    refs = three_then_wait.remote(release)
+    try:
+        ready, not_ready = pygen.wait(refs, num_returns=3, timeout=20)
+        assert ready == refs[:3] and not_ready == refs[3:]
+        assert pygen.get(refs[:3]) == [0, 1, 2]
+        assert not is_ready(refs[3], timeout=0.1)
+    finally:
+        touch(release)
+    assert pygen.get(refs[3], timeout=30) == 3
+
+
 # -- too few / too many values -----------------------------------------------------------------
 
 @pytest.mark.parametrize("k,n", [(5, 2), (3, 0), (1, 0), (2, 1)])
@@ -267,7 +290,7 @@ def test_more_values_with_large_items_leaks_nothing():
     assert store_empty()
 
 
-# -- exceptions ------------------------------------------------------------------------------------
+# -- exceptions --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("k,n", [(4, 2), (3, 0), (2, 1)])
 def test_exception_after_n_yields_fills_the_remaining_refs(k, n):
@@ -340,7 +363,7 @@ def test_generator_for_num_returns_k_that_returns_a_value_ignores_it():
     assert pygen.get(with_return.remote(), timeout=30) == [1, 2]
 
 
-# -- retries ----------------------------------------------------------------------------------------
+# -- retries -----------------------------------------------------------------------------------
 
 def test_crash_after_some_yields_is_retried_and_every_ref_gets_its_value(tmp_path):
     marker = str(tmp_path / "crashed-once")
@@ -407,3 +430,18 @@ def test_cancel_of_a_static_generator_fills_the_remaining_refs(tmp_path):
         assert pygen.get(refs[1], timeout=10) == 2
     except TaskCancelledError:
         pass
+
+
+def test_cancel_of_a_static_generator_sleeping_in_time_sleep(tmp_path):
+    @pygen.remote(num_returns=3)
+    def stuck():
+        yield 1
+        time.sleep(60)
+        yield 2
+        yield 3
+
+    refs = stuck.remote()
+    assert pygen.get(refs[0], timeout=30) == 1
+    pygen.cancel(refs[0])
+    for ref in refs[1:]:
+        assert isinstance(error_of(ref, timeout=10), TaskCancelledError)

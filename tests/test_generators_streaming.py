@@ -227,7 +227,7 @@ def test_streaming_on_a_plain_function_is_an_error_in_the_stream():
         pygen.get(gen.completed(), timeout=T)
 
 
-# == next / for / async ==========================================================================
+# == next / for / async ========================================================================
 
 def test_next_blocks_until_the_next_item_exists(tmp_path):
     release = str(tmp_path / "release")
@@ -340,7 +340,7 @@ def test_async_generator_function_consumed_with_async_for():
     assert asyncio.run(asyncio.wait_for(main(), T)) == [0, 1, 2, 3, 4]
 
 
-# == eager execution ==============================================================================
+# == eager execution ===========================================================================
 
 def test_task_runs_eagerly_without_a_consumer(tmp_path):
     @pygen.remote
@@ -379,7 +379,7 @@ def test_items_arrive_while_the_task_runs():
     assert arrivals[0] < arrivals[-1] - 0.6, arrivals
 
 
-# == errors ==========================================================================================
+# == errors ====================================================================================
 
 @pytest.mark.parametrize("n", [0, 1, 3])
 def test_application_exception_at_its_position_then_stop_iteration(n):
@@ -470,7 +470,7 @@ def test_unpicklable_item_ends_the_stream_with_an_error():
     assert isinstance(error, PygenError) and after == []
 
 
-# == completed() ========================================================================================
+# == completed() ===============================================================================
 
 def test_completed_value_is_the_return_value(tmp_path):
     release = str(tmp_path / "release")
@@ -511,7 +511,7 @@ def test_completed_ref_outlives_the_generator():
     assert pygen.get(done, timeout=T) is None
 
 
-# == get and wait ================================================================================
+# == get and wait ==============================================================================
 
 def test_get_of_a_generator_is_a_type_error_that_says_what_to_do():
     gen = count_up.remote(2)
@@ -610,7 +610,7 @@ def test_wait_rejects_the_same_generator_twice():
     drain(gen)
 
 
-# == garbage collection ==========================================================================
+# == garbage collection ========================================================================
 
 def test_deleting_the_generator_frees_untaken_items_also_later_ones(tmp_path):
     release = str(tmp_path / "release")
@@ -701,7 +701,7 @@ def test_fully_consumed_generator_leaves_nothing():
     assert store_empty()
 
 
-# == close() ===========================================================================================
+# == close() ===================================================================================
 
 def test_close_raises_generator_exit_at_the_current_yield(tmp_path):
     @pygen.remote
@@ -813,7 +813,7 @@ def test_close_of_a_generator_whose_task_has_not_started(tmp_path):
         assert not isinstance(exc, GetTimeoutError)
 
 
-# == values ==========================================================================================
+# == values ====================================================================================
 
 def test_value_is_captured_at_its_yield():
     @pygen.remote
@@ -853,7 +853,7 @@ def test_yielding_an_exception_object_yields_a_value():
     assert pygen.get(gen.completed(), timeout=T) is None
 
 
-# == backpressure ======================================================================================
+# == backpressure ==============================================================================
 
 @pygen.remote
 def logging_producer(log, d, n):
@@ -948,7 +948,7 @@ def test_backpressure_large_items_bound_the_store(tmp_path):
     assert store_empty()
 
 
-# == cancel ========================================================================================
+# == cancel ====================================================================================
 
 def test_cancel_makes_the_next_item_a_task_cancelled_error(tmp_path):
     @pygen.remote
@@ -1024,7 +1024,7 @@ def test_force_cancel_of_a_generator(tmp_path):
                       or "State:\tZ" in open(f"/proc/{pid}/status").read(), 5)
 
 
-# == passing a generator to a task ===================================================================
+# == passing a generator to a task =============================================================
 
 def test_generator_passed_to_a_task_is_iterated_there():
     gen = count_up.remote(5, 0.001)
@@ -1084,11 +1084,11 @@ def test_repr_names_the_task():
     drain(gen)
 
 
-# == threads ==========================================================================================
+# == threads ===================================================================================
 
 def test_next_from_several_threads_hands_each_item_out_once_in_order():
     n, threads = 3000, 4
-    gen = count_up.remote(n, 0.0002)
+    gen = count_up.remote(n)
     got = [[] for _ in range(threads)]
     errors = []
 
@@ -1114,7 +1114,7 @@ def test_next_from_several_threads_hands_each_item_out_once_in_order():
         assert mine == sorted(mine)      # in order
 
 
-# == retries ===========================================================================================
+# == retries ===================================================================================
 
 def test_retry_after_a_crash_hands_out_no_item_twice_and_skips_none(tmp_path):
     d = str(tmp_path)
@@ -1214,7 +1214,7 @@ def test_retries_exhausted_end_with_worker_crashed(tmp_path):
     assert len(os.listdir(d)) == 2
 
 
-# == every end ends the stream ======================================================================
+# == every end ends the stream =================================================================
 
 def test_every_end_of_the_task_ends_the_stream_and_completed(tmp_path):
     @pygen.remote(max_retries=0)
@@ -1279,7 +1279,7 @@ def test_shutdown_ends_streams_and_wakes_blocked_consumers(fresh, tmp_path):
     assert not isinstance(outcome[0], GetTimeoutError), outcome
 
 
-# == the worker's heap ==============================================================================
+# == the worker's heap =========================================================================
 
 def test_worker_heap_does_not_grow_with_the_number_of_yields():
     """50 yields of 20 MB arrays: the worker's peak private memory stays under ~3 arrays."""
@@ -1331,7 +1331,7 @@ def test_worker_heap_does_not_grow_with_the_number_of_yields():
     assert sampled[0] < limit, f"worker heap grew by {sampled[0] / 1e6:.0f} MB (sampled)"
 
 
-# == more execution models and places ===============================================================
+# == more execution models and places ==========================================================
 
 def test_async_generator_close_runs_its_finally(tmp_path):
     @pygen.remote
@@ -1485,3 +1485,135 @@ def test_memory_limit_kills_the_list_version_and_not_the_generator():
         assert int(arr[0]) == i
         del arr
     assert pygen.get(gen.completed(), timeout=60) is None
+
+
+# == delivery: prompt, in order, refs inside items =============================================
+
+def test_fast_items_then_a_blocking_step_are_delivered_at_once(tmp_path):
+    release = str(tmp_path / "release")
+
+    @pygen.remote
+    def fast_then_block(release):
+        for i in range(5):
+            yield i
+        wait_for_release(release)
+        yield 5
+
+    gen = fast_then_block.remote(release)
+    try:
+        assert [pygen.get(gen.next_ready(5)) for _ in range(5)] == [0, 1, 2, 3, 4]
+    finally:
+        touch(release)
+    drain(gen)
+
+
+def test_items_yielded_just_before_a_crash_are_not_lost():
+    @pygen.remote(max_retries=0)
+    def exits():
+        yield "a"
+        yield "b"
+        time.sleep(0.05)
+        os._exit(5)
+
+    values, error, after = values_until_error(exits.remote())
+    assert values == ["a", "b"] and isinstance(error, WorkerCrashedError)
+
+
+def test_cancel_of_a_generator_sleeping_in_time_sleep(tmp_path):
+    @pygen.remote
+    def sleepy(d):
+        try:
+            yield 0
+            time.sleep(30)
+            yield 1
+        finally:
+            touch(os.path.join(d, "finally"))
+
+    gen = sleepy.remote(str(tmp_path))
+    assert pygen.get(gen.next_ready(T)) == 0
+    t0 = time.monotonic()
+    pygen.cancel(gen)
+    values, error, after = values_until_error(gen, 5)
+    assert isinstance(error, TaskCancelledError) and values == []
+    assert time.monotonic() - t0 < 1.5
+    assert wait_file(str(tmp_path / "finally"), 2)
+
+
+def test_fast_and_slow_steps_keep_the_items_in_order():
+    @pygen.remote
+    def mutating():
+        items = [1, 2]
+        yield items
+        items.append(3)
+        yield items
+        items.clear()
+        arr = np.zeros(2**20, dtype=np.uint8)
+        yield arr
+        arr[:] = 7
+        yield {"arr_sum": int(arr.sum())}
+
+    values = pygen.get(drain(mutating.remote()), timeout=T)
+    assert values[0] == [1, 2] and values[1] == [1, 2, 3]
+    assert int(values[2].sum()) == 0 and values[3] == {"arr_sum": 7 * 2**20}
+
+
+def test_many_fast_items_in_order():
+    @pygen.remote
+    def count_up(n):
+        for i in range(n):
+            yield i
+
+    for _ in range(3):
+        assert pygen.get(drain(count_up.remote(3000)), timeout=T) == list(range(3000))
+
+
+def test_yielded_refs_are_kept_alive():
+    @pygen.remote
+    def yields_refs():
+        for i in range(3):
+            time.sleep(0.001)
+            yield pygen.put(np.full(2**20, i, dtype=np.uint8))
+
+    inner = pygen.get(drain(yields_refs.remote()), timeout=T)
+    assert [int(pygen.get(r, timeout=T)[0]) for r in inner] == [0, 1, 2]
+    del inner
+    assert store_empty()
+
+
+def test_refs_nested_in_yielded_containers_are_kept_alive():
+    @pygen.remote
+    def yields_boxes():
+        for i in range(2):
+            time.sleep(0.001)
+            yield {"ref": pygen.put(i * 10)}
+
+    boxes = pygen.get(drain(yields_boxes.remote()), timeout=T)
+    assert [pygen.get(b["ref"], timeout=T) for b in boxes] == [0, 10]
+
+
+def test_taking_an_item_resumes_a_paused_generator_at_once(tmp_path):
+    log = str(tmp_path / "log")
+    gen = logging_producer.options(generator_backpressure=1).remote(log, str(tmp_path), 5)
+    assert wait_until(lambda: len(logged(log)) >= 1, 10)
+    first = gen.next_ready(T)  # kept: no dropped ref wakes the node
+    assert wait_until(lambda: len(logged(log)) >= 2, 1.0), "the worker was not resumed"
+    second = gen.next_ready(T)
+    assert wait_until(lambda: len(logged(log)) >= 3, 1.0), "the worker was not resumed"
+    assert pygen.get([first, second]) == [0, 1]
+    drain(gen)
+
+
+def test_closing_a_generator_paused_after_an_item_was_taken(tmp_path):
+    log = str(tmp_path / "log")
+    gen = logging_producer.options(generator_backpressure=2).remote(log, str(tmp_path), 100)
+    assert wait_until(lambda: len(logged(log)) >= 2, 10)
+    first = gen.next_ready(T)
+    assert wait_until(lambda: len(logged(log)) >= 3, 10)
+    gen.close()
+    assert wait_file(tmp_path / "finally", 10)
+    produced = logged(log)
+    time.sleep(0.3)
+    assert logged(log) == produced and len(produced) <= 4, produced
+    assert_stopped(gen)
+    assert pygen.get(first, timeout=T) == 0
+    pygen.get(gen.completed(), timeout=T)
