@@ -406,6 +406,27 @@ def test_retried_task_with_multiple_returns(tmp_path):
     assert pygen.get(pair.remote(str(tmp_path)), timeout=30) == [2, 20]
 
 
+def test_max_retries_minus_one_retries_until_success(tmp_path):
+    ref = crash_until.options(max_retries=-1).remote(str(tmp_path), 6)
+    assert pygen.get(ref, timeout=60) == 6
+
+
+def test_retry_gets_its_large_arguments_again(tmp_path):
+    import numpy as np
+
+    @pygen.remote(max_retries=2)
+    def crash_once(arr, nested, directory):
+        n = attempt(directory)
+        if n < 2:
+            os._exit(1)
+        return int(arr.sum()), int(pygen.get(nested[0]).sum()), n
+
+    by_value = np.ones(2**20)  # 8 MB: an argument object in the store
+    by_ref = pygen.put(np.full(2**20, 2.0))
+    out = crash_once.remote(by_value, [by_ref], str(tmp_path))
+    assert pygen.get(out, timeout=60) == (2**20, 2 * 2**20, 2)
+
+
 @pygen.remote
 def raise_until(directory, succeed_on, cls):
     n = attempt(directory)
