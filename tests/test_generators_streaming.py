@@ -1617,3 +1617,68 @@ def test_closing_a_generator_paused_after_an_item_was_taken(tmp_path):
     assert_stopped(gen)
     assert pygen.get(first, timeout=T) == 0
     pygen.get(gen.completed(), timeout=T)
+
+
+# == handles in values, close from a worker, spilled items =======================================
+
+def test_generator_handle_inside_a_put_value_keeps_the_stream():
+    gen = count_up.remote(5, 0.001)
+    box = pygen.put([gen])
+    del gen
+    gc.collect()
+    time.sleep(0.1)  # the driver's dropped handle is processed (every 20 ms)
+    again = pygen.get(box, timeout=T)[0]
+    assert isinstance(again, ObjectRefGenerator)
+    assert pygen.get(drain(again), timeout=T) == [0, 1, 2, 3, 4]
+
+
+def test_close_from_a_worker_stops_the_task(tmp_path):
+    @pygen.remote
+    def closer(gen):
+        first = pygen.get(next(gen))
+        gen.close()
+        try:
+            next(gen)
+        except StopIteration:
+            return first
+        return "next after close did not stop"
+
+    @pygen.remote
+    def ticking(d):
+        try:
+            i = 0
+            while True:
+                time.sleep(0.005)
+                yield i
+                i += 1
+        finally:
+            touch(os.path.join(d, "finally"))
+
+    gen = ticking.remote(str(tmp_path))
+    assert pygen.get(closer.remote(gen), timeout=T) == 0
+    assert wait_file(tmp_path / "finally")
+    assert_stopped(gen)
+    pygen.get(gen.completed(), timeout=T)
+
+
+def test_untaken_items_beyond_the_arena_are_spilled_and_read_back(fresh, tmp_path):
+    fresh(object_store_memory=64 * MiB, spill_dir=str(tmp_path))
+
+    @pygen.remote
+    def big(n):
+        for i in range(n):
+            yield np.full(MiB, i % 251, dtype=np.uint8)
+        return "done"
+
+    gen = big.remote(150)  # 150 MiB of items nobody takes before the end, in 64 MiB
+    assert pygen.get(gen.completed(), timeout=60) == "done"
+    assert pygen.state.store_stats()["spilled_objects"] > 0
+    values = []
+    for ref in gen:
+        arr = pygen.get(ref, timeout=T)
+        values.append(int(arr[0]))
+        del arr, ref
+    assert values == [i % 251 for i in range(150)]
+    del gen
+    assert store_empty(10)
+    assert pygen.state.store_stats()["spilled_objects"] == 0
