@@ -23,9 +23,21 @@ def first_then_more():
     yield 1
 
 
+_SOURCES = {}
+
+
+def source_array(nbytes):
+    """One array of 7s per size and process, made once: the large-items benchmark times the
+    transfer, not a fresh 50 MB allocation (page faults, huge-page compaction) per run."""
+    a = _SOURCES.get(nbytes)
+    if a is None:
+        import numpy as np
+        a = _SOURCES[nbytes] = np.full(nbytes, 7, dtype=np.uint8)
+    return a
+
+
 def big_items(n, nbytes):
-    import numpy as np
-    a = np.full(nbytes, 7, dtype=np.uint8)
+    a = source_array(nbytes)
     for _ in range(n):
         yield a        # captured (copied into the store) at each yield
 
