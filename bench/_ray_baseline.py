@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import sys
 import time
 from typing import Any, Dict, List, Optional
 
@@ -88,7 +89,6 @@ class Runtimes:
 
     def __init__(self) -> None:
         self.active: Optional[str] = None
-        self.ray_start_seconds: Optional[float] = None
 
     # -- pygen ---------------------------------------------------------------------------
     def pygen(self, warm: bool = True) -> Any:
@@ -120,9 +120,7 @@ class Runtimes:
         if self.active == "ray" and ray.is_initialized():
             return ray
         self.stop()
-        t0 = time.perf_counter()
         start_ray()
-        self.ray_start_seconds = time.perf_counter() - t0
         self.active = "ray"
         warm_ray()
         return ray
@@ -131,7 +129,6 @@ class Runtimes:
         """Shut Ray down and wait for its processes; the seconds ``ray.shutdown()`` took."""
         if RAY_SKIP_REASON:
             return 0.0
-        import sys
         if "ray" not in sys.modules:
             return 0.0
         import ray
@@ -191,7 +188,6 @@ def warm_ray() -> None:
     probe = ray.remote(_workloads.sleep_pid)
     ray.get([probe.remote(0.5) for _ in range(RAY_INIT_KWARGS["num_cpus"])])
     ray.get([probe.remote(0) for _ in range(200)])
-
 
 
 def ray_or_skip() -> Any:
