@@ -163,14 +163,14 @@ def _memory(benchmark, rt, kind, rounds):
     peak_mb = statistics.median(s.peak_kb for s in measured) / 1024
     growth_mb = statistics.median(s.peak_kb - s.start_kb for s in measured) / 1024
     start_mb = statistics.median(s.start_kb for s in measured) / 1024
-    note(benchmark, peak_rss_anon_MB=round(peak_mb, 1), growth_MB=round(growth_mb, 1),
-         start_rss_anon_MB=round(start_mb, 1), samples=[s.samples for s in measured],
+    note(benchmark, peak_rss_anon_MiB=round(peak_mb, 1), growth_MiB=round(growth_mb, 1),
+         start_rss_anon_MiB=round(start_mb, 1), samples=[s.samples for s in measured],
          arrays_worth=round(growth_mb * 1024 * 1024 / MEM_BYTES, 2))
     return peak_mb, growth_mb, start_mb
 
 
 def _mem_text(peak, growth, start, secs):
-    return (f"peak {peak:,.0f} MB = start {start:,.0f} MB + {growth:,.0f} MB "
+    return (f"peak {peak:,.0f} MiB = start {start:,.0f} MiB + {growth:,.0f} MiB "
             f"({growth * 2**20 / MEM_BYTES:.1f} arrays' worth), {seconds(secs)} per run")
 
 
@@ -201,7 +201,7 @@ def test_pygen_memory_pattern(benchmark, runtimes, record, compare, kind):
     FIG.pygen(f"mem-{kind}", peak, benchmark, compare, ROW_MEM[kind], benchmark.extra_info["load1"])
     record(f"pygen memory, {kind}",
            _mem_text(peak, growth, start, benchmark.stats.stats.median))
-    compare(ROW_MEM[kind], pygen=f"{peak:,.0f} MB (+{growth:,.0f})",
+    compare(ROW_MEM[kind], pygen=f"{peak:,.0f} MiB (+{growth:,.0f})",
             goal="generator: ~1 array" if kind == "generator" else "")
 
 
@@ -274,7 +274,7 @@ def test_ray_memory_pattern(benchmark, runtimes, record, compare, kind):
     peak, growth, start = _memory(benchmark, ray, kind, MEM_ROUNDS)
     load = note(benchmark, ray_version=ray_version())
     record(f"Ray memory, {kind}", _mem_text(peak, growth, start, benchmark.stats.stats.median))
-    compare(ROW_MEM[kind], Ray=f"{peak:,.0f} MB (+{growth:,.0f})")
+    compare(ROW_MEM[kind], Ray=f"{peak:,.0f} MiB (+{growth:,.0f})")
     key = f"mem-{kind}"
     if key in FIG.values:
         compare(ROW_MEM[kind], pygen_vs_Ray=f"{peak / FIG.values[key]:.2f}x (peaks)")
