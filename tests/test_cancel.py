@@ -21,8 +21,11 @@ pytestmark = pytest.mark.usefixtures("session")
 
 
 def touch(path: str, text: str = "") -> None:
-    with open(path, "w") as f:
+    """Create ``path`` with ``text`` atomically: whoever sees it sees all of it."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
         f.write(text)
+    os.replace(tmp, path)
 
 
 def wait_file(path, timeout: float = 10.0) -> bool:
@@ -56,8 +59,8 @@ def mark(path: str):
 @pygen.remote
 def sleeper(d: str, seconds: float = 30):
     """Sleeps; records whether TaskCancelledError was raised inside it."""
-    touch(os.path.join(d, "started"), str(os.getpid()))
-    try:
+    try:  # (a cancel may arrive as soon as "started" exists: it must land inside the try)
+        touch(os.path.join(d, "started"), str(os.getpid()))
         time.sleep(seconds)
     except TaskCancelledError:
         touch(os.path.join(d, "caught"))
@@ -135,11 +138,142 @@ def test_dependent_of_cancelled_task_fails_with_task_cancelled(tmp_path):
 
 # -- running tasks --------------------------------------------------------------------------------
 
+def test_running_task_gets_cancelled_error_inside_sleep_within_a_second(tmp_path):
+    d = str(tmp_path)
+    ref = sleeper.remote(d)
+    assert wait_file(os.path.join(d, "started"))
+    t0 = time.monotonic()
+    pygen.cancel(ref)
+    with pytest.raises(TaskCancelledError):
+        pygen.get(ref, timeout=10)
+    elapsed = time.monotonic() - t0
+    assert elapsed < 1.0, f"took {elapsed:.2f} s"
+    assert os.path.exists(os.path.join(d, "caught")), "not raised inside the task"
+    assert not os.path.exists(os.path.join(d, "finished"))
+
+
+def test_cancelled_error_is_not_a_task_error(tmp_path):
+    d = str(tmp_path)
+    ref = sleeper.remote(d)
+    assert wait_file(os.path.join(d, "started"))
+    pygen.cancel(ref)
+    with pytest.raises(TaskCancelledError) as info:
+        pygen.get(ref, timeout=10)
+    assert "sleeper" in str(info.value)
+    assert isinstance(info.value, pygen.exceptions.PygenError)
+
+
+def test_running_task_in_a_python_loop_is_cancelled(tmp_path):
+    @pygen.remote
+    def spin(d):
+        try:  # started inside the try: a cancel may come at once
+            touch(os.path.join(d, "started"))
+            x = 0
+            while True:
+                x += 1
+        except TaskCancelledError:
+            touch(os.path.join(d, "caught"))
+            raise
+
+    d = str(tmp_path)
+    ref = spin.remote(d)
+    assert wait_file(os.path.join(d, "started"))
+    t0 = time.monotonic()
+    pygen.cancel(ref)
+    with pytest.raises(TaskCancelledError):
+        pygen.get(ref, timeout=10)
+    assert time.monotonic() - t0 < 1.0
+    assert os.path.exists(os.path.join(d, "caught"))
+
+
+def test_cancelled_task_that_swallows_the_error_still_reports_cancelled(tmp_path):
+    @pygen.remote
+    def stubborn(d):
+        try:  # started inside the try: a cancel may come at once
+            touch(os.path.join(d, "started"))
+            time.sleep(30)
+        except TaskCancelledError:
+            touch(os.path.join(d, "caught"))
+        return "finished anyway"
+
+    d = str(tmp_path)
+    ref = stubborn.remote(d)
+    assert wait_file(os.path.join(d, "started"))
+    pygen.cancel(ref)
+    with pytest.raises(TaskCancelledError):
+        pygen.get(ref, timeout=10)
+    assert os.path.exists(os.path.join(d, "caught"))
+
+
+def test_cancelled_task_is_not_retried(tmp_path):
+    @pygen.remote(max_retries=3, retry_exceptions=True)
+    def counted(d):
+        with open(os.path.join(d, "attempts"), "a") as f:
+            f.write("x")
+        touch(os.path.join(d, "started"))
+        time.sleep(30)
+
+    d = str(tmp_path)
+    ref = counted.remote(d)
+    assert wait_file(os.path.join(d, "started"))
+    pygen.cancel(ref)
+    with pytest.raises(TaskCancelledError):
+        pygen.get(ref, timeout=10)
+    time.sleep(0.3)
+    assert open(os.path.join(d, "attempts")).read() == "x"
+
+
+def test_worker_survives_a_normal_cancel(tmp_path):
+    d = str(tmp_path)
+    ref = sleeper.remote(d)
+    assert wait_file(os.path.join(d, "started"))
+    pid = int(open(os.path.join(d, "started")).read())
+    pygen.cancel(ref)
+    with pytest.raises(TaskCancelledError):
+        pygen.get(ref, timeout=10)
+    assert alive(pid)
+    assert pid in pygen.get([getpid.remote() for _ in range(20)], timeout=30)
+
+
+def test_async_task_is_cancelled(tmp_path):
+    import asyncio
+
+    @pygen.remote
+    async def napper(d):
+        try:  # started inside the try: a cancel may come at once
+            touch(os.path.join(d, "started"))
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            touch(os.path.join(d, "caught"))
+            raise
+
+    d = str(tmp_path)
+    ref = napper.remote(d)
+    assert wait_file(os.path.join(d, "started"))
+    t0 = time.monotonic()
+    pygen.cancel(ref)
+    with pytest.raises(TaskCancelledError):
+        pygen.get(ref, timeout=10)
+    assert time.monotonic() - t0 < 1.0
+    assert os.path.exists(os.path.join(d, "caught"))
+
+
+def test_cancel_twice(tmp_path):
+    d = str(tmp_path)
+    ref = sleeper.remote(d)
+    assert wait_file(os.path.join(d, "started"))
+    pygen.cancel(ref)
+    pygen.cancel(ref)
+    with pytest.raises(TaskCancelledError):
+        pygen.get(ref, timeout=10)
+    assert pygen.get(getpid.remote(), timeout=10)
+
+
 def test_task_blocked_in_nested_get_is_cancelled(tmp_path):
     @pygen.remote
     def waits_on_child(d, release):
-        touch(os.path.join(d, "started"))
-        try:
+        try:  # started inside the try: a cancel may come at once
+            touch(os.path.join(d, "started"))
             return pygen.get(hold.remote(os.path.join(d, "child-started"), release))
         except TaskCancelledError:
             touch(os.path.join(d, "caught"))
@@ -252,6 +386,37 @@ def parent_of_sleeper(d):
     except TaskCancelledError:
         touch(os.path.join(d, "parent-caught"))
         raise
+
+
+def test_recursive_cancel_reaches_children(tmp_path):
+    d = str(tmp_path)
+    ref = parent_of_sleeper.remote(d)
+    assert wait_file(os.path.join(d, "child", "started"))
+    assert wait_file(os.path.join(d, "parent-started"))
+    pygen.cancel(ref)  # recursive=True is the default
+    with pytest.raises(TaskCancelledError):
+        pygen.get(ref, timeout=10)
+    assert wait_file(os.path.join(d, "child", "caught"), 2), "the child was not cancelled"
+    time.sleep(3.2)
+    assert not os.path.exists(os.path.join(d, "child", "finished"))
+
+
+def test_cancel_from_inside_a_task(tmp_path):
+    @pygen.remote
+    def canceller(d):
+        ref = sleeper.remote(d)
+        while not os.path.exists(os.path.join(d, "started")):
+            time.sleep(0.005)
+        pygen.cancel(ref)
+        try:
+            pygen.get(ref, timeout=10)
+        except TaskCancelledError:
+            return "cancelled"
+        return "not cancelled"
+
+    d = str(tmp_path)
+    assert pygen.get(canceller.remote(d), timeout=30) == "cancelled"
+    assert os.path.exists(os.path.join(d, "caught"))
 
 
 def test_non_recursive_cancel_leaves_children_running(tmp_path):
