@@ -229,6 +229,16 @@ def test_unpicklable_return_value_is_a_task_error():
     assert pygen.get(identity.remote(5), timeout=30) == 5
 
 
+def test_unpicklable_return_value_error_says_return_value():
+    @pygen.remote
+    def returns_lock():
+        return threading.Lock()
+
+    with pytest.raises(TypeError) as info:
+        pygen.get(returns_lock.remote(), timeout=30)
+    assert "return" in str(info.value).splitlines()[0] or "return value" in str(info.value)
+
+
 def test_unpicklable_argument_fails_at_remote_time():
     with pytest.raises(TypeError, match="pickle"):
         identity.remote(threading.Lock())
