@@ -296,7 +296,8 @@ def _ray_row(benchmark, record, compare, key, row, value, cell, label, load, hig
         better = pg / value if higher_is_better else value / pg
         FIG.infos[key].update(ray=round(value, 6), ratio_vs_ray=round(better, 2))
         benchmark.extra_info["pygen_vs_ray"] = round(better, 2)
-        text += f"; pygen is {ratio(better)} {'faster' if higher_is_better else 'sooner'}"
+        text += (f"; pygen / Ray = {ratio(better)}" if higher_is_better else
+                 f"; Ray / pygen = {ratio(better)} (pygen sooner when > 1)")
         compare(row, pygen_vs_Ray=ratio(better))
     record(label, text)
     compare(row, Ray=cell)

@@ -202,7 +202,7 @@ def test_ray_init_first_result(benchmark, runtimes, record, compare):
         pg = FIG.values["init"]
         FIG.infos["init"].update(ray_init_first_result_s=round(first, 3),
                                  speedup_vs_ray=round(first / pg, 1))
-        text += f"; pygen is {ratio(first / pg)} faster"
+        text += f"; Ray / pygen = {ratio(first / pg)}"
         compare(ROW_INIT, pygen_vs_Ray=ratio(first / pg))
     record("Ray init + first result", text)
     compare(ROW_INIT, Ray=seconds(first))
