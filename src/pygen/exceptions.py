@@ -140,9 +140,13 @@ class TaskError(PygenError):
     def __str__(self) -> str:
         where = f" (pid={self.pid})" if self.pid is not None else ""
         cause = self.cause
-        name = (cause.type_name if isinstance(cause, RemoteExceptionInfo)
-                else type(cause).__name__)
-        return f"{name} in task {self.function_name}{where}\n{self.traceback_str.rstrip()}"
+        if isinstance(cause, RemoteExceptionInfo):
+            name, message = cause.type_name, cause.message
+        else:
+            name, message = type(cause).__name__, str(cause)
+        message = message.splitlines()[0] if message else ""
+        headline = f"{name} in task {self.function_name}{where}" + (f": {message}" if message else "")
+        return f"{headline}\n{self.traceback_str.rstrip()}"
 
     @classmethod
     def from_exception(cls, function_name: str, exc: BaseException,
@@ -160,13 +164,19 @@ class TaskError(PygenError):
         derived = _dual_class(cause_cls)
         if derived is None:
             return self
-        # The cause's class initialises its own fields (OSError's errno...) from the
-        # cause's args; TaskError's fields are plain attributes.
-        err = derived.__new__(derived)
+        # The cause's class makes and initialises the instance (OSError's errno..., the
+        # C-level __new__ of MemoryError); TaskError's fields are plain attributes.
+        args = self.cause.args
         try:
-            cause_cls.__init__(err, *self.cause.args)
+            # calling the type runs its real tp_new (a C-level one for MemoryError, OSError;
+            # ``cause_cls.__new__`` may name another base's and be refused as unsafe)
+            err = derived(*args)
         except Exception:
-            BaseException.__init__(err, *self.cause.args)
+            return self
+        try:
+            cause_cls.__init__(err, *args)
+        except Exception:
+            BaseException.__init__(err, *args)
         err.function_name = self.function_name
         err.traceback_str = self.traceback_str
         err.cause = self.cause
@@ -182,6 +192,10 @@ def raisable(err: BaseException) -> BaseException:
 _DUAL_CLASSES: dict = {}
 
 
+def _no_init(self: BaseException, *args: Any, **kwargs: Any) -> None:
+    pass
+
+
 def _dual_class(cause_cls: type) -> Optional[type]:
     """``class TaskError(<cause>)(TaskError, cause_cls)``, cached; None if impossible."""
     if cause_cls in _DUAL_CLASSES:
@@ -195,12 +209,15 @@ def _dual_class(cause_cls: type) -> Optional[type]:
         return getattr(cause, name)
 
     try:
+        # cause_cls first: its C-level __new__ (MemoryError, OSError) must make the instance;
+        # TaskError's behaviour comes from the methods set here
         derived = type(
             f"TaskError({cause_cls.__name__})",
-            (TaskError, cause_cls),
+            (cause_cls, TaskError),
             {
-                "__init__": TaskError.__init__,
+                "__init__": _no_init,  # as_instanceof_cause initialises it
                 "__str__": TaskError.__str__,
+                "__repr__": lambda self: f"{type(self).__name__}({str(self.cause)!r})",
                 "__reduce__": TaskError.__reduce__,
                 "__getattr__": __getattr__,
                 "__module__": __name__,

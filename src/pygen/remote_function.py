@@ -82,7 +82,7 @@ class RemoteFunction:
          backpressure) = self._submission(client)
         client.register_function(fn_id, blob)
         task_id = ids.new_task_id()
-        payload, deps, contained = encode_args(client, task_id, args, kwargs)
+        payload, deps, contained = encode_args(client, task_id, args, kwargs, name)
         spec = TaskSpec(task_id, name, fn_id, payload, deps, contained, kind, num_returns,
                         max_retries, retry, num_cpus, memory, backpressure)
         client.submit(spec)

@@ -64,8 +64,8 @@ class TaskSpec:
 _NO_ARGS: Optional[tuple] = None
 
 
-def encode_args(client: object, task_id: bytes, args: tuple,
-                kwargs: dict) -> Tuple[tuple, List[bytes], List[bytes]]:
+def encode_args(client: object, task_id: bytes, args: tuple, kwargs: dict,
+                name: str = "task") -> Tuple[tuple, List[bytes], List[bytes]]:
     """(payload, deps, contained) for a call's arguments.
 
     Top-level ``ObjectRef`` arguments become ``DepArg(i)`` (resolved before dispatch),
@@ -96,7 +96,10 @@ def encode_args(client: object, task_id: bytes, args: tuple,
         return value
 
     swapped = ([swap(a) for a in args], {k: swap(v) for k, v in kwargs.items()})
-    sv = serialization.serialize(swapped)
+    try:
+        sv = serialization.serialize(swapped)
+    except Exception as exc:
+        raise TypeError(f"could not pickle the arguments of task {name}: {exc}") from exc
     if sv.total_size < serialization.INLINE_THRESHOLD:
         payload = (sv.flags, sv.to_bytes(), sv.total_size)
     else:

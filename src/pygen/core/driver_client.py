@@ -17,6 +17,7 @@ from ..exceptions import GetTimeoutError, ObjectLostError, ObjectStoreFullError,
 from .node import Node
 from .objects import DRIVER
 from .transport import SPIN_SECONDS
+from .worker_client import ROOM_ATTEMPTS
 
 
 class _Waiter:
@@ -81,12 +82,15 @@ class DriverClient:
 
     # -- objects -------------------------------------------------------------------------------------------
     def store_value(self, sv: serialization.SerializedValue, oid: bytes) -> None:
-        try:
-            sv.write_to(self.store, oid)
-        except ObjectStoreFullError:
-            if not self.node.make_room(sv.total_size):
-                raise
-            sv.write_to(self.store, oid)
+        for _ in range(ROOM_ATTEMPTS):
+            try:
+                sv.write_to(self.store, oid)
+                return
+            except ObjectStoreFullError:
+                # spill what nobody reads; a worker may take the room first: try again
+                if not self.node.make_room(sv.total_size):
+                    raise
+        sv.write_to(self.store, oid)
 
     def encode(self, value: Any, oid: bytes) -> "tuple[tuple, list]":
         sv = serialization.serialize(value)

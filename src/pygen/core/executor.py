@@ -86,7 +86,9 @@ class Executor:
                 kept = [m for m in inbox if not (m[0] == protocol.EXEC and m[1] in wanted)]
                 inbox.clear()
                 inbox.extend(kept)
-            self.client.send((protocol.RECLAIMED, given))
+            # this may run in the signal handler: send only if no runtime code was
+            # interrupted (it may hold the send lock); otherwise it goes with the next send
+            self.client.send_soon((protocol.RECLAIMED, given))
         elif kind == protocol.CANCEL:
             self.cancelled.add(msg[1])
         elif kind == protocol.ACK:
@@ -236,7 +238,7 @@ class Executor:
                 payload, contained = self.client.encode(value, ids.return_id(state.task_id, i))
                 returns.append((i, payload, contained))
         except BaseException as exc:  # e.g. an unpicklable return value
-            self._fail(state, exc)
+            self._fail(state, _could_not_store(exc, f"the return value of task {state.name}"))
             return
         del values, result
         self._report(state, (protocol.RESULT, state.task_id, state.attempt, returns, False))
@@ -338,7 +340,8 @@ class Executor:
                 payload, contained = client.encode(value, oid)
             except BaseException as exc:  # unpicklable item, store full: the stream ends here
                 self._close_gen(gen, is_async)
-                outcome = (protocol.END_RAISED, exc)
+                outcome = (protocol.END_RAISED,
+                           _could_not_store(exc, f"item {index} of generator task {state.name}"))
                 break
             value = None  # the worker's copy is dropped as soon as the item is stored
             if static and index == k - 1:
@@ -395,7 +398,8 @@ class Executor:
             try:
                 payload, contained = self.client.encode(value, ids.completion_id(state.task_id))
             except BaseException as exc:  # an unpicklable return value
-                end_kind, value = protocol.END_RAISED, exc
+                end_kind, value = protocol.END_RAISED, _could_not_store(
+                    exc, f"the return value of generator task {state.name}")
         if end_kind in (protocol.END_RAISED, protocol.END_CANCELLED):
             payload, retryable = self._error_payload(state, value)
         self._report(state, (protocol.END, state.task_id, state.attempt, count, payload,
@@ -505,6 +509,18 @@ class _Flusher:
                     continue
                 self._due = None
             batcher.flush()
+
+
+def _could_not_store(exc: BaseException, what: str) -> BaseException:
+    """``exc`` with the value named: a pickling error becomes a TypeError that says which
+    value could not be pickled; a full store keeps its own type (ObjectStoreFullError)."""
+    from ..exceptions import PygenError
+
+    if isinstance(exc, PygenError) or not isinstance(exc, Exception):
+        return exc
+    err = TypeError(f"could not pickle {what}: {type(exc).__name__}: {exc}")
+    err.__cause__ = exc
+    return err
 
 
 def _matches(spec: Any, exc: BaseException) -> bool:

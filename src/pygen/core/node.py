@@ -56,6 +56,10 @@ MAX_EXTRA_WORKERS = 64
 PIPELINE_DEPTH = 8
 PIPELINE_MIN_RUNS = 3
 PIPELINE_MAX_SECONDS = 0.002
+# A task queued on a worker whose running task has run this long is taken back when a CPU
+# is free (housekeeping checks every HOUSEKEEPING_INTERVAL): a function that was short
+# so far and then runs long does not hold up what was queued behind it.
+PIPELINE_STUCK_SECONDS = 0.02
 FINISHED_TASK_HISTORY = 1000
 # How often the I/O thread releases what the driver's dropped refs kept: memory comes
 # back within this delay, and no ref drop ever costs a thread wake-up.
@@ -183,7 +187,34 @@ class Node:
         if self.closed:
             return
         self.drain_dropped_refs()
+        with self.lock:
+            self._unstick_pipelines()
+        self._run_callbacks()
         self.reactor.call_later(HOUSEKEEPING_INTERVAL, self._housekeeping)
+
+    def _unstick_pipelines(self) -> None:
+        """Take back tasks queued behind one that turned out long, if a CPU could run them."""
+        if self.free_cpus < 1e-9 and not self.idle:
+            return
+        now = time.monotonic()
+        for w in self.workers.values():
+            if (len(w.tasks) > 1 and not w.reclaiming and not w.blocked
+                    and now - w.running_since > PIPELINE_STUCK_SECONDS):
+                self._reclaim(w)
+
+    def _reclaim(self, w: workers.WorkerHandle) -> None:
+        """Ask ``w`` for the tasks queued behind its running one (answer: RECLAIMED).
+
+        The worker is busy in a task's code, which does not read the socket: the signal
+        makes its handler read the RECLAIM (as for a cancel).
+        """
+        w.reclaiming = True
+        self._send(w, (protocol.RECLAIM, [t.spec.task_id for t in list(w.tasks)[1:]]))
+        self._flush()
+        try:
+            os.kill(w.pid, signal.SIGUSR2)
+        except ProcessLookupError:
+            pass
 
     def drain_dropped_refs(self) -> None:
         if not self._dropped_refs:
@@ -283,8 +314,14 @@ class Node:
 
     # == spilling ==================================================================================
     def make_room(self, nbytes: int) -> bool:
-        """Spill sealed objects nobody reads until a block of ``nbytes`` may fit."""
+        """Spill sealed objects nobody reads until a block of ``nbytes`` may fit.
+
+        False when that is impossible: nothing spillable is left, or ``nbytes`` is larger
+        than the whole arena (then nothing is spilled for nothing).
+        """
         with self.lock:
+            if nbytes > self.store.capacity:
+                return False
             stats = self.store.stats()
             if stats["largest_free"] >= nbytes:
                 return True
@@ -468,6 +505,7 @@ class Node:
         w.tasks.append(task)
         if len(w.tasks) == 1:
             w.state = workers.BUSY
+            w.running_since = time.monotonic()
             self.free_cpus -= spec.num_cpus
         blob = None
         if spec.fn_id not in w.sent_functions:
@@ -527,6 +565,7 @@ class Node:
             self.free_cpus += task.spec.num_cpus
         w.blocked = False
         if w.tasks:
+            w.running_since = time.monotonic()
             self.free_cpus -= w.tasks[0].spec.num_cpus
         elif w.state == workers.BUSY:
             w.state = workers.IDLE
@@ -535,6 +574,7 @@ class Node:
 
     def on_reclaimed(self, w: workers.WorkerHandle, msg: tuple) -> None:
         """The worker gave back tasks it had not started: queue them again, first."""
+        w.reclaiming = False
         for task_id in reversed(msg[1]):
             task = self.tasks.get(task_id)
             if task is not None and task.worker is w and task is not w.task:
@@ -562,7 +602,7 @@ class Node:
                 if task.reported <= index:
                     self.object_ready(ids.return_id(task_id, index), payload, contained)
             task.reported = task.spec.num_returns
-            self._finish(task, "finished")
+            self._finish(task, "failed" if task.error else "finished")
         self._dispatch()
 
     def on_item(self, w: workers.WorkerHandle, msg: tuple) -> None:
@@ -751,9 +791,11 @@ class Node:
             return
         self._send(w, (protocol.CANCEL, task_id, False))
         self._flush()  # the message must be there before the signal arrives
-        if force:  # queued behind another task on that worker: it will never run
+        if w.task is not task:
+            # queued behind another task on that worker: it ends now (the worker drops it;
+            # if it has just started it, the signal below stops it too)
             self._fail(task, error)
-        elif w.task is task:
+        if not force:
             try:
                 os.kill(w.pid, signal.SIGUSR2)  # interrupts time.sleep and other waits
             except ProcessLookupError:
@@ -834,8 +876,8 @@ class Node:
         if w.task is not None and not w.blocked:
             w.blocked = True
             self.free_cpus += w.task.spec.num_cpus
-            if len(w.tasks) > 1:
-                self._send(w, (protocol.RECLAIM, [t.spec.task_id for t in list(w.tasks)[1:]]))
+            if len(w.tasks) > 1 and not w.reclaiming:
+                self._reclaim(w)
             self._dispatch()
 
     def _unblock(self, w: workers.WorkerHandle) -> None:
@@ -893,8 +935,7 @@ class Node:
 
     def on_room(self, w: workers.WorkerHandle, msg: tuple) -> None:
         _, req, nbytes = msg
-        self.make_room(nbytes)
-        self._reply(w, req, protocol.OK, None)
+        self._reply(w, req, protocol.OK, self.make_room(nbytes))
 
     def on_subscribe(self, w: workers.WorkerHandle, msg: tuple) -> None:
         oid = msg[1]
@@ -1215,6 +1256,18 @@ class Node:
                 info = self.store.info(entry.oid) if entry.in_store else None
                 desc["zero_copy_views"] = len(info["pinned_slots"]) if info else 0
                 out.append(desc)
+            # No ref keeps these any more, but a zero-copy view still pins the memory.
+            for oid in self.store.list_ids():
+                if oid in self.objects.entries:
+                    continue
+                info = self.store.info(oid)
+                if info is None or not info["delete_pending"]:
+                    continue
+                out.append({"id": oid.hex(), "kind": "released", "state": "released",
+                            "size": info["data_size"] + info["meta_size"], "location": "store",
+                            "is_error": False, "holders": [], "internal_refs": 0,
+                            "spilled": False, "driver_refs": 0,
+                            "zero_copy_views": len(info["pinned_slots"])})
             return out
 
     def store_stats(self) -> dict:

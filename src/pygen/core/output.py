@@ -4,12 +4,12 @@
                                                   driver's sys.stdout / sys.stderr
 
 The worker's file descriptors 1 and 2 are pipes, so output from C code and child
-processes is caught too.  Which task printed a line is told in-band: before the first
-write of a task whose name differs from the last one written, the worker writes a
-marker line (``MARKER + name``) to that stream; the driver takes the name from it and
-does not print it.  Pipe order is write order, so a line is always attributed to the
-task that wrote it, even if the driver reads it after that task has ended.  Python-level
-streams are line buffered, so a line printed just before ``os._exit`` is in the pipe.
+processes is caught too.  Which task printed a line is told in-band: when a task starts
+whose name differs from the previous one's, the worker writes a marker line (``MARKER +
+name``) to both descriptors; the driver takes the name from it and does not print it.
+Pipe order is write order, so a line is attributed to the task that wrote it even when
+the driver reads it after that task has ended.  Python-level streams are line buffered,
+so a line printed just before ``os._exit`` is already in the pipe.
 """
 from __future__ import annotations
 
@@ -23,34 +23,38 @@ MARKER = "\x1fpygen-task:"
 # -- worker side -------------------------------------------------------------------------
 
 _task_name = "worker"
-_streams: list = []
-
-
-class _MarkedStream(io.TextIOWrapper):
-    """A line-buffered text stream over fd 1 or 2 that announces task changes."""
-
-    def __init__(self, fd: int) -> None:
-        super().__init__(io.FileIO(fd, "w", closefd=False), encoding="utf-8",
-                         errors="backslashreplace", line_buffering=True, write_through=True)
-        self.announced: Optional[str] = None
-
-    def write(self, s: str) -> int:
-        if self.announced != _task_name:
-            self.announced = _task_name
-            super().write(f"{MARKER}{_task_name}\n")
-        return super().write(s)
+_announced: Optional[str] = None
+_forwarding = False
 
 
 def install_worker_streams() -> None:
-    """Replace sys.stdout/sys.stderr of this worker by marked, line-buffered streams."""
-    sys.stdout = _MarkedStream(1)
-    sys.stderr = _MarkedStream(2)
-    _streams[:] = [sys.stdout, sys.stderr]
+    """Line-buffered text streams over fds 1 and 2 (a line printed before os._exit is out)."""
+    global _forwarding
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        stream = io.TextIOWrapper(io.FileIO(fd, "w", closefd=False), encoding="utf-8",
+                                  errors="backslashreplace", line_buffering=True,
+                                  write_through=True)
+        setattr(sys, name, stream)
+    _forwarding = True
 
 
 def set_task_name(name: str) -> None:
-    global _task_name
+    """Called as a task starts: the next lines on fds 1 and 2 belong to ``name``.
+
+    The marker is written on the descriptors themselves, so output of C code and child
+    processes is attributed as well as Python's; it is written only when the name changes
+    (a run of tasks of one function costs nothing).
+    """
+    global _task_name, _announced
     _task_name = name
+    if _forwarding and name != _announced:
+        _announced = name
+        marker = f"{MARKER}{name}\n".encode("utf-8", "backslashreplace")
+        for fd in (1, 2):
+            try:
+                os.write(fd, marker)
+            except OSError:
+                pass
 
 
 # -- driver side ----------------------------------------------------------------------------
@@ -93,9 +97,3 @@ class LineForwarder:
             except (ValueError, OSError):  # the driver's stream is closed (interpreter exit)
                 pass
 
-
-def read_pipe(fd: int) -> bytes:
-    try:
-        return os.read(fd, 1 << 16)
-    except BlockingIOError:
-        return b"\0"  # nothing now (caller treats this sentinel as "try later")

@@ -26,7 +26,10 @@ def main() -> None:
     from .workers import SOCK_FD, STORE_FD
 
     _die_with_parent(int(os.environ["PYGEN_PARENT_PID"]))
-    # Nothing a task starts may inherit the control socket or the arena.
+    # posix_spawn passes on every inheritable descriptor of the driver (its own parent's
+    # pipes, say): keep only ours, so a reader waiting for EOF on such a pipe is not held up
+    # by workers.  Nothing a task starts may inherit the control socket or the arena.
+    os.closerange(STORE_FD + 1, os.sysconf("SC_OPEN_MAX"))
     for fd in (SOCK_FD, STORE_FD):
         os.set_inheritable(fd, False)
     for path in reversed(json.loads(os.environ.get("PYGEN_SYS_PATH", "[]"))):

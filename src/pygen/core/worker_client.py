@@ -28,6 +28,10 @@ from . import protocol
 from .transport import Connection, ConnectionClosed
 
 
+# How many times a write that does not fit asks the node to spill and tries again.
+ROOM_ATTEMPTS = 20
+
+
 class WorkerClient:
     is_worker = True
 
@@ -52,6 +56,7 @@ class WorkerClient:
         self.check_cancelled: Callable[[], None] = lambda: None
         # > 0 while runtime code runs in this process: a cancel signal must not raise there
         self.busy = 0
+        self._deferred: collections.deque = collections.deque()  # see send_soon
 
     # -- sending ----------------------------------------------------------------------------
     def send(self, msg: tuple, flush: bool = True) -> None:
@@ -66,6 +71,8 @@ class WorkerClient:
             added, removed = self._ref_changes()
             if added:
                 self.conn.queue((protocol.REFS, added, []))
+            while self._deferred:
+                self.conn.queue(self._deferred.popleft())
             self.conn.queue(msg)
             if removed:
                 self.conn.queue((protocol.REFS, [], removed))
@@ -74,11 +81,21 @@ class WorkerClient:
         finally:
             self.busy -= 1
 
+    def send_soon(self, msg: tuple) -> None:
+        """Send ``msg`` now if no runtime code of this process is running, else with the
+        next send or flush (safe to call from a signal handler)."""
+        if self.busy == 0:
+            self.send(msg)
+        else:
+            self._deferred.append(msg)
+
     def flush(self) -> None:
         """Write pending ref changes and every queued message."""
         added, removed = self._ref_changes()
         if added or removed:
             self.conn.queue((protocol.REFS, added, removed))
+        while self._deferred:
+            self.conn.queue(self._deferred.popleft())
         if self.conn.pending_output and not self.conn.flush():
             self.conn.drain_output()
 
@@ -118,6 +135,8 @@ class WorkerClient:
                 self._arrived.wait(0.05 if timeout is None else min(timeout, 0.05))
             return
         try:
+            if self._deferred:
+                self.flush()
             if timeout == 0 or self.conn.wait_readable(timeout):
                 self._read_locked()
         finally:
@@ -184,12 +203,17 @@ class WorkerClient:
         return (sv.flags, None, sv.total_size), sv.contained_refs
 
     def store_value(self, sv: serialization.SerializedValue, oid: bytes) -> None:
-        try:
-            sv.write_to(self.store, oid)
-        except ObjectStoreFullError:
-            # ask the node to spill objects nobody reads, then try once more
-            self.request(lambda req: (protocol.ROOM, req, sv.total_size))
-            sv.write_to(self.store, oid)
+        for _ in range(ROOM_ATTEMPTS):
+            try:
+                sv.write_to(self.store, oid)
+                return
+            except ObjectStoreFullError:
+                # ask the node to spill objects nobody reads; another process may take the
+                # room first, so try again while the node still finds something to spill
+                reply = self.request(lambda req: (protocol.ROOM, req, sv.total_size))
+                if not reply[3]:
+                    raise
+        sv.write_to(self.store, oid)
 
     def decode(self, oid: bytes, payload: tuple) -> Tuple[int, Any]:
         flags, inline, _ = payload

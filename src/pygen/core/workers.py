@@ -46,6 +46,8 @@ class WorkerHandle:
         # (pipelined: sent ahead so that a short task follows the previous one at once)
         self.tasks: Deque[Any] = collections.deque()
         self.blocked = False                # waiting in get/wait/next: its CPUs are lent out
+        self.running_since = 0.0            # when its current task started (as far as we know)
+        self.reclaiming = False             # a RECLAIM is out, its answer not yet in
         self.sent_functions: set = set()
         self.actor: Any = None
         self.oom: Optional[tuple] = None    # (limit, peak) when the memory monitor killed it
