@@ -438,6 +438,53 @@ def test_refs_held_by_a_crashed_worker_are_released():
     assert wait_until(lambda: len(child_pids()) >= 2, 10)
 
 
+def test_pins_of_a_crashed_worker_are_released():
+    @pygen.remote(max_retries=0)
+    def view_and_die(arr):
+        assert not arr.flags.writeable  # a zero-copy view: this worker pins the object
+        os._exit(1)
+
+    ref = pygen.put(big(61))
+    out = view_and_die.remote(ref)
+    with pytest.raises(WorkerCrashedError):
+        pygen.get(out, timeout=30)
+    del ref, out
+    assert store_empty()  # the dead worker's pin does not keep it
+
+
+def test_arguments_of_failed_crashed_and_cancelled_tasks_are_freed(tmp_path):
+    from pygen.exceptions import TaskCancelledError
+
+    @pygen.remote(max_retries=0)
+    def fails(a, refs):
+        raise ValueError("no")
+
+    @pygen.remote(max_retries=0)
+    def dies(a, refs):
+        os._exit(1)
+
+    @pygen.remote
+    def gate(path):
+        while not os.path.exists(path):
+            time.sleep(0.005)
+
+    release = str(tmp_path / "release")
+    gates = [gate.remote(release) for _ in range(2)]
+    queued = total.remote(big(3))  # queued behind the gates: cancelled before it runs
+    waiting = pygen.remote(lambda g, a: 0).remote(gates[0], big(4))  # waits for its argument
+    pygen.cancel(queued)
+    pygen.cancel(waiting)
+    open(release, "w").close()
+    refs = [fails.remote(big(1), [pygen.put(big(5))]), dies.remote(big(2), [pygen.put(big(6))])]
+    for r, exc in zip(refs + [queued, waiting],
+                      [ValueError, WorkerCrashedError, TaskCancelledError, TaskCancelledError]):
+        with pytest.raises(exc):
+            pygen.get(r, timeout=30)
+    pygen.get(gates, timeout=30)
+    del refs, r, queued, waiting, gates
+    assert store_empty(), pygen.state.list_objects()
+
+
 def test_failed_task_error_objects_are_freed():
     @pygen.remote(num_returns=3)
     def fails(x):
@@ -448,6 +495,36 @@ def test_failed_task_error_objects_are_freed():
         with pytest.raises(ValueError):
             pygen.get(r, timeout=30)
     del refs, r
+    assert store_empty()
+
+
+def test_refs_made_and_dropped_by_many_driver_threads():
+    import threading
+
+    errors = []
+    shared = []
+
+    def churn(seed):
+        try:
+            for i in range(150):
+                r = pygen.put(big(seed, 256 * 1024) if i % 3 == 0 else (seed, i))
+                t = total.remote(r) if i % 10 == 0 else None
+                shared.append(r)  # another thread may drop this one
+                if len(shared) > 8:
+                    shared.pop(0)
+                if t is not None:
+                    pygen.get(t, timeout=30)
+                del r, t
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=churn, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors[:3]
+    shared.clear()
     assert store_empty()
 
 
