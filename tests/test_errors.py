@@ -170,10 +170,6 @@ def test_get_of_a_list_raises_the_error_of_the_failed_ref():
     assert pygen.get(ok) == 1
 
 
-
-
-
-
 def test_builtin_exception_with_attributes_reads_through():
     @pygen.remote
     def missing():
@@ -509,6 +505,29 @@ def test_crash_still_retried_with_retry_exceptions_list(tmp_path):
     assert pygen.get(ref, timeout=30) == 2
 
 
+def test_tasks_queued_behind_a_crashing_task_run_elsewhere(tmp_path):
+    from test_cancel import not_short, short, touch
+
+    for _ in range(10):  # `short` is known to be short: tasks of it queue on busy workers
+        pygen.get([short.remote("fast") for _ in range(4)], timeout=30)
+    release = str(tmp_path / "release")
+    other = not_short.remote(release)
+    doomed = short.options(max_retries=0).remote("gate", release)
+    time.sleep(0.1)
+    marks = [str(tmp_path / f"mark-{i}") for i in range(4)]
+    queued = [short.remote("mark", m) for m in marks]  # behind `doomed`, on its worker
+    running = [t for t in pygen.state.list_tasks()
+               if t["state"] == "running" and t["name"] == "short" and t["worker_pid"]]
+    assert len(running) >= 1, pygen.state.list_tasks()[-6:]
+    os.kill(running[0]["worker_pid"], 9)  # its worker dies with tasks queued behind it
+    with pytest.raises(WorkerCrashedError):
+        pygen.get(doomed, timeout=30)
+    touch(release)
+    pygen.get(queued + [other], timeout=30)  # none of them failed
+    for m in marks:
+        assert open(m).read() == "x"  # and each ran exactly once
+
+
 # -- tests with their own session (last: the module's session is shut down by them) --
 
 def test_crashed_worker_is_replaced(fresh, tmp_path):
@@ -537,24 +556,3 @@ def test_crashed_worker_is_replaced(fresh, tmp_path):
     assert pids <= set(child_pids())
 
 
-def test_tasks_queued_behind_a_crashing_task_run_elsewhere(tmp_path):
-    from test_cancel import not_short, short, touch
-
-    for _ in range(10):  # `short` is known to be short: tasks of it queue on busy workers
-        pygen.get([short.remote("fast") for _ in range(4)], timeout=30)
-    release = str(tmp_path / "release")
-    other = not_short.remote(release)
-    doomed = short.options(max_retries=0).remote("gate", release)
-    time.sleep(0.1)
-    marks = [str(tmp_path / f"mark-{i}") for i in range(4)]
-    queued = [short.remote("mark", m) for m in marks]  # behind `doomed`, on its worker
-    running = [t for t in pygen.state.list_tasks()
-               if t["state"] == "running" and t["name"] == "short" and t["worker_pid"]]
-    assert len(running) >= 1, pygen.state.list_tasks()[-6:]
-    os.kill(running[0]["worker_pid"], 9)  # its worker dies with tasks queued behind it
-    with pytest.raises(WorkerCrashedError):
-        pygen.get(doomed, timeout=30)
-    touch(release)
-    pygen.get(queued + [other], timeout=30)  # none of them failed
-    for m in marks:
-        assert open(m).read() == "x"  # and each ran exactly once
