@@ -1683,3 +1683,87 @@ def test_untaken_items_beyond_the_arena_are_spilled_and_read_back(fresh, tmp_pat
     del gen
     assert store_empty(10)
     assert pygen.state.store_stats()["spilled_objects"] == 0
+
+
+# ---- errors whose cause is a MemoryError (ObjectStoreFullError is one): the caller gets
+# the error at its position, as an instance of the cause's class.
+
+def test_item_larger_than_the_store_is_an_object_store_full_error_at_its_position():
+    from pygen.exceptions import ObjectStoreFullError
+
+    @pygen.remote
+    def too_big():
+        yield 1
+        yield np.zeros(300 * 2**20, dtype=np.uint8)  # the session's arena is 256 MiB
+        yield 3
+
+    values, error, after = values_until_error(too_big.remote())
+    assert values == [1]
+    assert isinstance(error, ObjectStoreFullError) and isinstance(error, MemoryError), error
+    assert after == []
+
+
+def test_task_raising_memory_error():
+    @pygen.remote
+    def raises_memory():
+        raise MemoryError("mine")
+
+    with pytest.raises(MemoryError, match="mine"):
+        pygen.get(raises_memory.remote(), timeout=T)
+
+
+# ---- the error recorded on a task (list_tasks()["error"]) and the stderr line for "raised
+# after all num_returns=k values" carry the exception's message.
+
+def test_recorded_error_names_the_exception_message(capsys):
+    from conftest import wait_until
+    from test_generators_static import task_entry
+
+    @pygen.remote
+    def raises_after_all():
+        yield 0
+        yield 1
+        raise Exception("error after all values")
+
+    assert pygen.get(raises_after_all.options(num_returns=2).remote(), timeout=T) == [0, 1]
+    assert wait_until(lambda: (task_entry("raises_after_all") or {}).get("error"), 10)
+    assert "error after all values" in task_entry("raises_after_all")["error"]
+    seen = []
+    assert wait_until(lambda: seen.append(capsys.readouterr().err) or
+                      "error after all values" in "".join(seen), 5), "".join(seen)
+
+
+# ---- close() is honoured at the very next yield, however short the step before it was.
+
+def test_close_is_honoured_at_the_next_yield_even_after_a_short_step(tmp_path):
+    import os
+    import time
+
+    from test_generators_streaming import assert_stopped, touch, wait_file
+
+    @pygen.remote
+    def short_step(d, release):
+        try:
+            yield 0
+            deadline = time.monotonic() + 10
+            while not os.path.exists(release) and time.monotonic() < deadline:
+                time.sleep(0.0002)  # the step ends right after the release
+            yield 1
+            touch(os.path.join(d, "after-1"))
+            yield 2
+        finally:
+            touch(os.path.join(d, "finally"))
+
+    late = 0
+    for i in range(100):
+        d = tmp_path / str(i)
+        d.mkdir()
+        release = str(d / "release")
+        gen = short_step.remote(str(d), release)
+        assert pygen.get(gen.next_ready(T)) == 0
+        gen.close()  # the CLOSE is written to the worker's socket before close() returns
+        assert_stopped(gen, 1)
+        touch(release)
+        assert wait_file(d / "finally")
+        late += os.path.exists(d / "after-1")
+    assert late == 0, f"{late} of 100 generators ran past the yield after close()"

@@ -852,7 +852,16 @@ class Node:
         task = self.tasks.get(stream.task_id)
         if task is not None and task.worker is not None and not stream.close_sent:
             stream.close_sent = True
-            self._send(task.worker, (protocol.CLOSE, stream.task_id))
+            w = task.worker
+            self._send(w, (protocol.CLOSE, stream.task_id))
+            if w.task is task:
+                # the generator's code does not read the socket: the signal handler takes
+                # the CLOSE at once, and the generator stops at its very next yield
+                self._flush()
+                try:
+                    os.kill(w.pid, signal.SIGUSR2)
+                except ProcessLookupError:
+                    pass
         elif task is not None and task.state in (WAITING, QUEUED):
             task.cancelled = True
             self._fail(task, self._system_error(TaskCancelledError(
