@@ -13,11 +13,11 @@ import time
 from typing import Any, Callable, List, Optional, Sequence
 
 from .. import ids, serialization
-from ..exceptions import GetTimeoutError, ObjectLostError, ObjectStoreFullError, raisable
+from ..exceptions import GetTimeoutError, ObjectLostError, raisable
 from .node import Node
 from .objects import DRIVER
+from . import values
 from .transport import SPIN_SECONDS
-from .worker_client import ROOM_ATTEMPTS
 
 
 class _Waiter:
@@ -82,22 +82,10 @@ class DriverClient:
 
     # -- objects -------------------------------------------------------------------------------------------
     def store_value(self, sv: serialization.SerializedValue, oid: bytes) -> None:
-        for _ in range(ROOM_ATTEMPTS):
-            try:
-                sv.write_to(self.store, oid)
-                return
-            except ObjectStoreFullError:
-                # spill what nobody reads; a worker may take the room first: try again
-                if not self.node.make_room(sv.total_size):
-                    raise
-        sv.write_to(self.store, oid)
+        values.store_with_room(sv, self.store, oid, self.node.make_room)
 
-    def encode(self, value: Any, oid: bytes) -> "tuple[tuple, list]":
-        sv = serialization.serialize(value)
-        if sv.total_size < serialization.INLINE_THRESHOLD:
-            return (sv.flags, sv.to_bytes(), sv.total_size), sv.contained_refs
-        self.store_value(sv, oid)
-        return (sv.flags, None, sv.total_size), sv.contained_refs
+    def encode(self, value: Any, oid: bytes, *, error: bool = False) -> "tuple[tuple, list]":
+        return values.encode(value, oid, self.store, self.node.make_room, error=error)
 
     def put(self, value: Any) -> bytes:
         oid = ids.put_id()

@@ -583,17 +583,30 @@ class Node:
                 self.ready.appendleft(task)
         self._dispatch()
 
-    def on_result(self, w: workers.WorkerHandle, msg: tuple) -> None:
-        _, task_id, attempt, returns, retryable, seconds = msg
+    def _ending(self, w: workers.WorkerHandle, task_id: bytes, attempt: int,
+                seconds: float) -> Optional[Task]:
+        """The task a RESULT or END is about, now off its worker; None if there is nothing
+        more to do (a report of an attempt that is over, or a cancelled task, now failed)."""
         task = self._current(w, task_id, attempt)
         if task is None:
-            return
+            return None
         self._record_run_time(task.spec.fn_id, seconds)
         self._unassign(task)
         if task.cancelled:
-            self._fail(task, self._system_error(TaskCancelledError(
-                f"task {task.spec.name} was cancelled")))
-        elif retryable and self._should_retry(task):
+            self._fail(task, self._cancelled_error(task))
+            self._dispatch()
+            return None
+        return task
+
+    def _cancelled_error(self, task: Task, how: str = "") -> tuple:
+        return self._system_error(TaskCancelledError(f"task {task.spec.name} was cancelled{how}"))
+
+    def on_result(self, w: workers.WorkerHandle, msg: tuple) -> None:
+        _, task_id, attempt, returns, retryable, seconds = msg
+        task = self._ending(w, task_id, attempt, seconds)
+        if task is None:
+            return
+        if retryable and self._should_retry(task):
             self._retry(task)
         else:
             if returns and returns[0][1][0] & serialization.FLAG_ERROR:
@@ -649,15 +662,10 @@ class Node:
 
     def on_end(self, w: workers.WorkerHandle, msg: tuple) -> None:
         _, task_id, attempt, count, payload, contained, retryable, end_kind, seconds = msg
-        task = self._current(w, task_id, attempt)
+        task = self._ending(w, task_id, attempt, seconds)
         if task is None:
             return
-        self._record_run_time(task.spec.fn_id, seconds)
-        self._unassign(task)
-        if task.cancelled:
-            self._fail(task, self._system_error(TaskCancelledError(
-                f"task {task.spec.name} was cancelled")))
-        elif (end_kind == protocol.END_RAISED and retryable and self._should_retry(task)
+        if (end_kind == protocol.END_RAISED and retryable and self._should_retry(task)
               and not (task.stream is None and task.reported >= task.spec.num_returns)):
             self._retry(task)
         else:
@@ -778,7 +786,7 @@ class Node:
             for child in list(task.children):
                 self._cancel(child, force, recursive)
         task.cancelled = True
-        error = self._system_error(TaskCancelledError(f"task {task.spec.name} was cancelled"))
+        error = self._cancelled_error(task)
         if task.state in (WAITING, QUEUED):
             self._fail(task, error)
             return
@@ -1145,8 +1153,7 @@ class Node:
             self.ready.appendleft(waiting)
         if task is not None:
             if task.force:
-                error = self._system_error(TaskCancelledError(
-                    f"task {task.spec.name} was cancelled (its worker was killed)"))
+                error = self._cancelled_error(task, " (its worker was killed)")
             elif w.oom is not None:
                 limit, peak = w.oom
                 error = self._system_error(OutOfMemoryError(

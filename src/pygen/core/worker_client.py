@@ -23,13 +23,9 @@ import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .. import serialization
-from ..exceptions import GetTimeoutError, ObjectLostError, ObjectStoreFullError, raisable
-from . import protocol
+from ..exceptions import GetTimeoutError, ObjectLostError, raisable
+from . import protocol, values
 from .transport import Connection, ConnectionClosed
-
-
-# How many times a write that does not fit asks the node to spill and tries again.
-ROOM_ATTEMPTS = 20
 
 
 class WorkerClient:
@@ -187,33 +183,16 @@ class WorkerClient:
         """Serialize ``value``: inline payload, or written into the store under ``oid``."""
         self.busy += 1
         try:
-            return self._encode(value, oid, error)
+            return values.encode(value, oid, self.store, self._make_room, error=error)
         finally:
             self.busy -= 1
 
-    def _encode(self, value: Any, oid: bytes, error: bool) -> Tuple[tuple, List[bytes]]:
-        if not error and type(value) in serialization.SCALARS:
-            data = serialization.encode_small(value)
-            if data is not None:
-                return (0, data, len(data)), []
-        sv = serialization.serialize(value, error=error)
-        if sv.total_size < serialization.INLINE_THRESHOLD:
-            return (sv.flags, sv.to_bytes(), sv.total_size), sv.contained_refs
-        self.store_value(sv, oid)
-        return (sv.flags, None, sv.total_size), sv.contained_refs
-
     def store_value(self, sv: serialization.SerializedValue, oid: bytes) -> None:
-        for _ in range(ROOM_ATTEMPTS):
-            try:
-                sv.write_to(self.store, oid)
-                return
-            except ObjectStoreFullError:
-                # ask the node to spill objects nobody reads; another process may take the
-                # room first, so try again while the node still finds something to spill
-                reply = self.request(lambda req: (protocol.ROOM, req, sv.total_size))
-                if not reply[3]:
-                    raise
-        sv.write_to(self.store, oid)
+        values.store_with_room(sv, self.store, oid, self._make_room)
+
+    def _make_room(self, nbytes: int) -> bool:
+        """Ask the node to spill objects nobody reads; whether it could make room."""
+        return bool(self.request(lambda req: (protocol.ROOM, req, nbytes))[3])
 
     def decode(self, oid: bytes, payload: tuple) -> Tuple[int, Any]:
         flags, inline, _ = payload
