@@ -513,13 +513,17 @@ def test_tasks_queued_behind_a_crashing_task_run_elsewhere(tmp_path):
     release = str(tmp_path / "release")
     other = not_short.remote(release)
     doomed = short.options(max_retries=0).remote("gate", release)
-    time.sleep(0.1)
+
+    def doomed_pid():
+        for t in pygen.state.list_tasks():
+            if t["task_id"] == doomed.task_id().hex() and t["state"] == "running":
+                return t["worker_pid"]
+        return None
+
+    assert wait_until(lambda: doomed_pid() is not None, 10)
     marks = [str(tmp_path / f"mark-{i}") for i in range(4)]
     queued = [short.remote("mark", m) for m in marks]  # behind `doomed`, on its worker
-    running = [t for t in pygen.state.list_tasks()
-               if t["state"] == "running" and t["name"] == "short" and t["worker_pid"]]
-    assert len(running) >= 1, pygen.state.list_tasks()[-6:]
-    os.kill(running[0]["worker_pid"], 9)  # its worker dies with tasks queued behind it
+    os.kill(doomed_pid(), 9)  # its worker dies with tasks queued behind it
     with pytest.raises(WorkerCrashedError):
         pygen.get(doomed, timeout=30)
     touch(release)
