@@ -473,7 +473,7 @@ def test_cancel_of_a_task_queued_on_a_busy_worker(tmp_path):
     marks = [str(tmp_path / f"mark-{i}") for i in range(3)]
     queued = [short.remote("mark", m) for m in marks]
     pygen.cancel(queued[1])
-    touch(release)  # (that get raises before the worker gets there: pending_runtime BUG 12)
+    touch(release)
     with pytest.raises(TaskCancelledError):
         pygen.get(queued[1], timeout=30)
     pids = pygen.get([gate, other, queued[0], queued[2]], timeout=30)
@@ -495,3 +495,45 @@ def test_force_cancel_of_a_task_queued_on_a_busy_worker_kills_nothing(tmp_path):
     assert alive(gate_pid)
     pygen.get([other, after], timeout=30)
     assert not os.path.exists(mark_path)
+
+
+def test_task_pipelined_behind_a_long_task_runs_when_a_cpu_frees():
+    @pygen.remote
+    def fn(mode, path=None):
+        if mode == "wait":
+            deadline = time.time() + 6
+            while not os.path.exists(path) and time.time() < deadline:
+                time.sleep(0.005)
+            return os.path.exists(path)
+        if mode == "create":
+            open(path, "w").close()
+        return mode
+
+    @pygen.remote
+    def other_work(t):  # not known to be short: its worker is no pipelining target
+        time.sleep(t)
+
+    for _ in range(20):  # fn is "short" now
+        pygen.get([fn.remote("fast") for _ in range(4)], timeout=30)
+    import tempfile
+    path = os.path.join(tempfile.mkdtemp(), "flag")
+    other = other_work.remote(0.3)
+    waiter = fn.remote("wait", path)
+    time.sleep(0.05)
+    t0 = time.time()
+    creator = fn.remote("create", path)  # both CPUs busy: queued behind `waiter`
+    assert pygen.get(waiter, timeout=30) is True, "the creator never ran while a CPU was free"
+    assert time.time() - t0 < 3, f"{time.time() - t0:.1f} s"
+    pygen.get([other, creator], timeout=30)
+
+
+def test_cancel_of_a_task_queued_on_a_busy_worker_is_immediate(tmp_path):
+    gate, other, release = queue_behind_a_gate(tmp_path)
+    queued = short.remote("mark", str(tmp_path / "mark"))
+    pygen.cancel(queued)
+    try:
+        with pytest.raises(TaskCancelledError):
+            pygen.get(queued, timeout=5)
+    finally:
+        touch(release)
+        pygen.get([gate, other], timeout=30)

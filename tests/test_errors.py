@@ -243,6 +243,40 @@ def test_unpicklable_argument_fails_at_remote_time():
     assert pygen.get(identity.remote(1), timeout=30) == 1
 
 
+def test_remote_memory_error_is_a_task_error():
+    @pygen.remote
+    def raises_memory_error():
+        raise MemoryError("pretend")
+
+    with pytest.raises(MemoryError) as info:
+        pygen.get(raises_memory_error.remote(), timeout=30)
+    assert isinstance(info.value, TaskError)
+    assert "pretend" in str(info.value)
+
+
+def test_remote_object_store_full_error_is_a_task_error():
+    from pygen.exceptions import ObjectStoreFullError
+
+    @pygen.remote
+    def raises_store_full():
+        raise ObjectStoreFullError("pretend full", 10, 5)
+
+    with pytest.raises(ObjectStoreFullError) as info:
+        pygen.get(raises_store_full.remote(), timeout=30)
+    assert isinstance(info.value, MemoryError)
+
+
+def test_unpicklable_argument_error_names_task_and_argument():
+    @pygen.remote
+    def takes_three(a, b, c):
+        return 1
+
+    with pytest.raises(TypeError) as info:
+        takes_three.remote(1, threading.Lock(), 3)
+    text = str(info.value)
+    assert "takes_three" in text and "argument" in text, text
+
+
 def test_error_inside_nested_task_propagates_through_the_parent():
     @pygen.remote
     def parent():

@@ -199,7 +199,7 @@ def any_prefix(text: str, pid: int) -> list:
 
 
 def test_c_level_writes_are_forwarded():
-    # (that they carry the right task name is checked in pending_runtime: BUG 9)
+    # (that they carry the right task name: the tests below)
     proc = driver("""
 @pygen.remote
 def raw():
@@ -251,6 +251,50 @@ pygen.shutdown()
     pid = int(re.search(r"WORKER (\d+)", proc.stdout).group(1))
     lines = any_prefix(proc.stdout, pid)
     assert len(lines) == 2 and lines[0].startswith("bad ") and lines[1] == "after", lines
+
+
+def test_c_level_writes_carry_the_task_name():
+    proc = driver('''
+@pygen.remote
+def raw():
+    os.write(1, b"raw stdout\\n")
+    os.write(2, b"raw stderr\\n")
+
+pygen.get(raw.remote())
+pygen.shutdown()
+''')
+    assert prefixed(proc.stdout, "raw") == ["raw stdout"], proc.stdout
+    assert prefixed(proc.stderr, "raw") == ["raw stderr"], proc.stderr
+
+
+def test_c_level_write_after_another_task_printed_names_its_own_task():
+    proc = driver('''
+@pygen.remote
+def talks():
+    print("python line")
+
+@pygen.remote
+def raw_only():
+    os.write(1, b"raw line\\n")
+
+pygen.get(talks.remote())
+pygen.get(raw_only.remote())
+pygen.shutdown()
+''')
+    assert prefixed(proc.stdout, "raw_only") == ["raw line"], proc.stdout
+
+
+def test_subprocess_output_carries_the_task_name():
+    proc = driver('''
+import subprocess
+@pygen.remote
+def shell():
+    subprocess.run(["echo", "from a child process"], check=True)
+
+pygen.get(shell.remote())
+pygen.shutdown()
+''')
+    assert prefixed(proc.stdout, "shell") == ["from a child process"], proc.stdout
 
 
 def test_each_line_names_the_task_that_printed_it():

@@ -192,6 +192,21 @@ def test_zero_copy_view_pins_object_after_refs_are_gone():
     assert pygen.state.store_stats()["used"] <= used - BIG
 
 
+def test_list_objects_shows_object_pinned_only_by_a_view():
+    import numpy as np
+    import gc
+    ref = pygen.put(np.ones(2**20))
+    hex_id = ref.hex()
+    arr = pygen.get(ref)
+    del ref
+    time.sleep(0.2)
+    gc.collect()
+    objs = {o["id"]: o for o in pygen.state.list_objects()}
+    assert hex_id in objs, "pinned object not listed"
+    assert objs[hex_id]["zero_copy_views"] == 1
+    del arr
+
+
 def test_view_of_a_task_result_pins_it():
     ref = make_big.remote(9)
     arr = pygen.get(ref, timeout=30)
@@ -607,8 +622,20 @@ def test_list_tasks_shows_running_and_finished_tasks(tmp_path):
     done = [t for t in tasks if t["name"] == "named_gate"][-1]
     assert done["state"] == "finished"
     failed = [t for t in tasks if t["name"] == "named_failure"][-1]
-    assert "RuntimeError" in (failed["error"] or "")
+    assert "RuntimeError" in (failed["error"] or "") and "listed failure" in failed["error"]
     del ref, bad
+
+
+def test_list_tasks_marks_a_failed_task_failed():
+    @pygen.remote
+    def task_that_fails():
+        raise RuntimeError("listed failure")
+
+    bad = task_that_fails.remote()
+    with pytest.raises(RuntimeError):
+        pygen.get(bad, timeout=30)
+    failed = [t for t in pygen.state.list_tasks() if t["name"] == "task_that_fails"][-1]
+    assert failed["state"] == "failed", failed
 
 
 def test_list_actors_is_a_list():

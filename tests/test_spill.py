@@ -89,6 +89,29 @@ def test_puts_beyond_the_arena_spill_and_read_back(small):
     assert stats["spilled_objects"] == 0 and stats["spilled_bytes"] == 0, stats
 
 
+def test_task_returns_beyond_the_arena_spill(small):
+    refs = [make_chunk.remote(i) for i in range(6)]
+    assert pygen.wait(refs, num_returns=6, timeout=60)[1] == []
+    assert pygen.state.store_stats()["spilled_objects"] > 0
+    for i, ref in enumerate(refs):
+        v = pygen.get(ref, timeout=30)
+        check(v, i)
+        del v
+    del refs, ref
+    assert store_empty()
+
+
+def test_concurrent_returns_that_need_spilling_never_fail(small):
+    # two workers storing returns at once race for the room the node makes: many rounds
+    for round_ in range(8):
+        refs = [make_chunk.remote(i) for i in range(6)]
+        for i, r in enumerate(refs):
+            v = pygen.get(r, timeout=30)
+            check(v, i)
+            del v
+        del refs, r
+
+
 def test_spilled_objects_as_task_arguments(small):
     refs = [pygen.put(chunk(i)) for i in range(6)]
     assert pygen.state.store_stats()["spilled_objects"] > 0
@@ -152,6 +175,14 @@ def test_value_larger_than_the_arena_is_refused_at_once(small):
     # nothing was spilled for a value that could never fit
     assert pygen.state.store_stats()["spilled_objects"] == 0
     assert store_empty()
+
+
+def test_value_larger_than_the_arena_is_refused_even_with_objects_in_it(small):
+    keep = [pygen.put(chunk(i)) for i in range(2)]
+    with pytest.raises(ObjectStoreFullError):
+        pygen.put(np.zeros(ARENA // 8 + MiB))
+    assert pygen.state.store_stats()["spilled_objects"] == 0
+    check(pygen.get(keep[0]), 0)
 
 
 def test_store_full_when_everything_is_pinned_by_views(small):
