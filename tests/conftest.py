@@ -19,7 +19,11 @@ STORE = 256 * MiB
 
 
 def child_pids() -> "list[int]":
-    """Live (non-zombie) child processes of this test process."""
+    """Live (non-zombie) pygen worker processes among this test process's children.
+
+    Other children (e.g. the multiprocessing fork server that tests/store keeps for the
+    whole session) are not pygen's and are not counted.
+    """
     out = []
     try:
         names = os.listdir(f"/proc/{os.getpid()}/task")
@@ -36,7 +40,9 @@ def child_pids() -> "list[int]":
         try:
             with open(f"/proc/{pid}/stat") as f:
                 state = f.read().rsplit(")", 1)[1].split()[0]
-            if state != "Z":
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                is_worker = b"pygen.core.worker" in f.read()
+            if state != "Z" and is_worker:
                 alive.append(pid)
         except OSError:
             pass

@@ -15,7 +15,6 @@ import pygen
 from pygen.exceptions import TaskCancelledError, TaskError, WorkerCrashedError
 
 from conftest import child_pids, wait_until
-from test_lifecycle import no_foreign_children  # noqa: F401 -- autouse, see there
 
 pytestmark = pytest.mark.usefixtures("session")
 

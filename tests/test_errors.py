@@ -16,7 +16,6 @@ import pygen
 from pygen.exceptions import PygenError, TaskError, WorkerCrashedError
 
 from conftest import child_pids, wait_until
-from test_lifecycle import no_foreign_children  # noqa: F401 -- autouse, see there
 
 pytestmark = pytest.mark.usefixtures("session")
 

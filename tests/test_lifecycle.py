@@ -24,28 +24,6 @@ from conftest import (MiB, assert_clean_after_shutdown, child_pids, run_python, 
 STORE = 64 * MiB
 
 
-def stop_multiprocessing_helpers() -> None:
-    """Stop multiprocessing's fork server and resource tracker if this process runs them.
-
-    tests/store starts a forkserver (a session-scoped fixture) that stays alive, with the
-    resource tracker, as children of the pytest process; conftest's leak check
-    (``child_pids() == []`` after shutdown) counts every child, so every pygen test module
-    after tests/store would fail its teardown.  multiprocessing restarts both on demand.
-    """
-    import multiprocessing.forkserver
-    import multiprocessing.resource_tracker
-
-    multiprocessing.forkserver._forkserver._stop()
-    multiprocessing.resource_tracker._resource_tracker._stop()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_foreign_children():
-    """(autouse in each runtime test module that imports it) see stop_multiprocessing_helpers"""
-    stop_multiprocessing_helpers()
-    yield
-
-
 @pytest.fixture(autouse=True)
 def no_session():
     """Every test here starts and ends without pygen."""

@@ -15,7 +15,6 @@ import time
 import pytest
 
 from conftest import run_python
-from test_lifecycle import no_foreign_children  # noqa: F401 -- autouse, see there
 
 PRELUDE = """
 import os, sys, time, pygen

@@ -15,7 +15,6 @@ import pygen
 from pygen.exceptions import ObjectLostError, WorkerCrashedError
 
 from conftest import MiB, child_pids, store_empty, wait_until
-from test_lifecycle import no_foreign_children  # noqa: F401 -- autouse, see there
 
 pytestmark = pytest.mark.usefixtures("session")
 

@@ -15,7 +15,6 @@ import pygen
 from pygen.exceptions import ObjectStoreFullError, PygenError
 
 from conftest import MiB, store_empty, wait_until
-from test_lifecycle import no_foreign_children  # noqa: F401 -- autouse, see there
 
 ARENA = 64 * MiB
 CHUNK = 20_000_000  # six of these do not fit in the arena

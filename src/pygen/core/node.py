@@ -61,6 +61,9 @@ PIPELINE_MAX_SECONDS = 0.002
 # so far and then runs long does not hold up what was queued behind it.
 PIPELINE_STUCK_SECONDS = 0.02
 FINISHED_TASK_HISTORY = 1000
+# Workers dying before they are up, in a row, after which queued tasks fail instead of
+# being retried on yet another new worker (the environment cannot start one).
+MAX_FAILED_STARTS = 3
 # How often the I/O thread releases what the driver's dropped refs kept: memory comes
 # back within this delay, and no ref drop ever costs a thread wake-up.
 HOUSEKEEPING_INTERVAL = 0.02
@@ -119,6 +122,7 @@ class Node:
         self._dropped_refs: Deque[bytes] = collections.deque()  # the driver's lost refs
         self._dirty: Set[workers.WorkerHandle] = set()  # workers with queued messages
         self.fn_stats: Dict[bytes, list] = {}  # fn_id -> [runs, mean seconds] (pipelining)
+        self._failed_starts = 0  # workers that died before HELLO, in a row
         self.driver_refs: Dict[bytes, int] = {}
         self._refs_lock = threading.Lock()  # driver_refs only: ref churn stays off self.lock
 
@@ -997,6 +1001,7 @@ class Node:
 
     def on_hello(self, w: workers.WorkerHandle, msg: tuple) -> None:
         w.slot = msg[3]
+        self._failed_starts = 0
         if w.state == workers.STARTING:
             self.starting -= 1
             w.state = workers.IDLE
@@ -1158,8 +1163,9 @@ class Node:
                 limit, peak = w.oom
                 error = self._system_error(OutOfMemoryError(
                     f"task {task.spec.name} was killed for using too much memory: its worker "
-                    f"(pid {w.pid}) reached {peak / 2**20:.0f} MiB of private memory, over its "
-                    f"limit of {limit / 2**20:.0f} MiB"))
+                    f"(pid {w.pid}) reached {_mib(peak)} of private memory, over its limit of "
+                    f"{_mib(limit)}; give it a larger memory= option or worker_memory_limit=, "
+                    f"or yield its results one by one (a generator)"))
             else:
                 error = self._system_error(WorkerCrashedError(
                     f"the worker (pid {w.pid}) running task {task.spec.name} died: it "
@@ -1169,15 +1175,20 @@ class Node:
                 self._retry(task)
             else:
                 self._fail(task, error)
-        if not self.closed and not was_starting:
+        if was_starting:
+            self._failed_starts += 1
+        if self.closed:
+            pass
+        elif self._failed_starts >= MAX_FAILED_STARTS:
+            # workers cannot start here (a broken environment): say so, do not loop
+            self._fail_queued(self._system_error(WorkerCrashedError(
+                f"{self._failed_starts} new worker processes died while starting, the last "
+                f"(pid {w.pid}) {w.describe_exit()}; its output above says why")))
+        else:
             alive = sum(1 for x in self.workers.values()
                         if x.state != workers.DEAD and x.actor is None)
-            if alive + self.starting < self.pool_size:
+            if alive + self.starting < self.pool_size or (self.ready and not self.starting):
                 self._spawn_soon()  # the worker is replaced
-        elif was_starting and not self.closed and self.ready:
-            self._fail_queued(self._system_error(WorkerCrashedError(
-                f"a new worker process (pid {w.pid}) died while starting: it "
-                f"{w.describe_exit()}")))
         self._dispatch()
 
     def _reclaim_slot(self, slot: int, pid: int) -> None:
@@ -1403,6 +1414,11 @@ def _stdout():
 def _stderr():
     import sys
     return sys.stderr
+
+
+def _mib(nbytes: int) -> str:
+    """Bytes for a message: MiB to the decimal needed to tell close sizes apart."""
+    return f"{nbytes / 2**20:.2f} MiB ({nbytes:,} bytes)"
 
 
 def _error_text(payload: tuple) -> str:
