@@ -60,13 +60,17 @@ class DriverClient:
         """Wait for ``event``; poll the node ourselves during the spin.  False on timeout."""
         if event.is_set():
             return True
-        poll = self.node.reactor.poll
+        reactor = self.node.reactor
+        poll = reactor.poll
         spin_end = time.perf_counter() + SPIN_SECONDS
-        while not event.is_set():
-            if time.perf_counter() < spin_end:
+        reactor.hold()  # while we spin, the node's events are ours to handle
+        try:
+            while not event.is_set() and time.perf_counter() < spin_end:
                 if not poll(0):
                     os.sched_yield()
-                continue
+        finally:
+            reactor.release()
+        while not event.is_set():
             if deadline is None:
                 event.wait()
             else:

@@ -1,12 +1,15 @@
 """The driver's event loop: one epoll set over every worker socket, pipe and pidfd.
 
-The node's I/O thread runs it forever.  A user thread waiting in ``get`` may also poll
-it (without blocking) during its spin window: then the thread that needs a result reads
-it itself, instead of sleeping until the I/O thread wakes it, which costs 60-300 us on
-this machine when the two threads sit on different CPUs.  Each fd is registered
-EPOLLONESHOT, so exactly one thread handles an fd at a time (the I/O thread, blocked in
-the kernel, does not even wake up to Python for an event a spinning thread took); the
-handler re-arms it when it is done.
+    I/O thread:  outer epoll = { wake pipe, inner epoll }      (timers, call_soon, events)
+    any thread:  inner epoll = { worker sockets, pipes, pidfds } (EPOLLONESHOT each)
+
+The node's I/O thread runs it forever.  A user thread waiting in ``get`` polls the inner
+set itself during its spin window, so the thread that needs a result reads it: no
+thread wake-up and no GIL hand-off in between (measured: most of the driver's CPU per
+short task went to futex wake-ups between its two threads).  While such a thread spins
+(``hold``), the inner set is taken out of the outer one, so the I/O thread is not even
+woken for the events the spinner handles.  Each fd is EPOLLONESHOT: exactly one thread
+handles an fd at a time, and the handler re-arms it when it is done.
 
 Timers and cross-thread calls (``call_soon``) run on the I/O thread only.
 """
@@ -33,7 +36,10 @@ class Reactor:
         self._timers: List[Tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._ep.register(self._wake_r, select.EPOLLIN)
+        self._outer = select.epoll()
+        self._outer.register(self._wake_r, select.EPOLLIN)
+        self._outer.register(self._ep.fileno(), select.EPOLLIN)
+        self._holders = 0
         self.thread: Optional[threading.Thread] = None
         self.running = False
 
@@ -90,35 +96,44 @@ class Reactor:
             events = self._ep.poll(timeout)
         except InterruptedError:
             return 0
-        ran = 0
         for fd, ev in events:
-            if fd == self._wake_r:
-                continue
             handler = self._handlers.get(fd)
             if handler is not None:
                 handler(ev)
-                ran += 1
-        return ran
+        return len(events)
+
+    def hold(self) -> None:
+        """A user thread polls the inner set now: keep the I/O thread from waking for it."""
+        with self._lock:
+            self._holders += 1
+            if self._holders == 1:
+                self._outer.unregister(self._ep.fileno())
+
+    def release(self) -> None:
+        """The user thread stops polling: the I/O thread takes the events again."""
+        with self._lock:
+            self._holders -= 1
+            if self._holders == 0:
+                self._outer.register(self._ep.fileno(), select.EPOLLIN)
 
     def run(self) -> None:
         """The I/O thread's loop."""
         self.running = True
+        inner = self._ep.fileno()
         while self.running:
             timeout = self._run_due()
             try:
-                events = self._ep.poll(timeout)
+                ready = self._outer.poll(timeout)
             except InterruptedError:
                 continue
-            for fd, ev in events:
-                if fd == self._wake_r:
-                    try:
-                        os.read(self._wake_r, 4096)
-                    except BlockingIOError:
-                        pass
+            for fd, _ in ready:
+                if fd == inner:
+                    self.poll(0)
                     continue
-                handler = self._handlers.get(fd)
-                if handler is not None:
-                    handler(ev)
+                try:
+                    os.read(self._wake_r, 4096)
+                except BlockingIOError:
+                    pass
         self._run_due()
 
     def _run_due(self) -> float:
@@ -147,6 +162,7 @@ class Reactor:
             self.thread.join(timeout=5)
 
     def close(self) -> None:
+        self._outer.close()
         self._ep.close()
         os.close(self._wake_r)
         os.close(self._wake_w)

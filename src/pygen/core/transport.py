@@ -49,6 +49,7 @@ class Connection:
         self.fd = sock.fileno()
         self._out = bytearray()
         self._in = bytearray()
+        self._view = memoryview(bytearray(_READ_SIZE))
         self._send_lock = threading.Lock()
         self.read_lock = threading.Lock()  # one reader at a time: frames must not interleave
         self._poller = select.poll()
@@ -114,27 +115,33 @@ class Connection:
 
     # -- reading ------------------------------------------------------------------
     def read_messages(self) -> List[Any]:
-        """Every complete message the socket has now; ``ConnectionClosed`` at EOF."""
+        """Every complete message the socket has now; ``ConnectionClosed`` at EOF.
+
+        Reads go into one preallocated buffer: ``recv(256 KiB)`` would allocate 256 KiB per
+        call, which glibc serves with mmap or heap trimming -- a few page faults per message,
+        measured at ~100 us of CPU per task round trip here.
+        """
+        view = self._view
         try:
-            data = self.sock.recv(_READ_SIZE)
+            n = self.sock.recv_into(view)
         except (BlockingIOError, InterruptedError):
             return []
         except ConnectionResetError:
-            data = b""
-        if not data:
+            n = 0
+        if not n:
             self.closed = True
             raise ConnectionClosed()
         buf = self._in
-        buf += data
+        buf += view[:n]
         # keep reading while the socket has more (a burst of items arrives as one batch)
-        while len(data) == _READ_SIZE:
+        while n == _READ_SIZE:
             try:
-                data = self.sock.recv(_READ_SIZE)
+                n = self.sock.recv_into(view)
             except (BlockingIOError, InterruptedError):
                 break
-            if not data:
+            if not n:
                 break
-            buf += data
+            buf += view[:n]
         return self._parse()
 
     def _parse(self) -> List[Any]:
