@@ -27,8 +27,8 @@ SLOW = {"pattern_generators.py"}
 
 def environment(name: str) -> dict:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([os.path.join(ROOT, "src")] +
-                                        [p for p in sys.path if p])
+    # the installed pygen, as a user's script would import it (src/ has no compiled store)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     for key in ("PYGEN_NUM_CPUS", "PYGEN_OBJECT_STORE_MEMORY", "PYGEN_WORKER_MEMORY_LIMIT"):
         env.pop(key, None)
     env.update(ENV.get(name, {}))
