@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import time
@@ -217,6 +218,7 @@ def run_demo(scale: int) -> None:
         demo_static_and_dynamic()
         demo_errors_and_control()
         demo_memory_pattern(scale)
+        gc.collect()  # refs caught in cycles (an exception's traceback holds its frame)
         stats = pygen.state.store_stats()
         print(f"\nstore at the end: {stats['objects']} objects, {stats['used']} bytes used")
     finally:
