@@ -24,29 +24,25 @@ import collections
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any, Callable, Deque, Dict, List, Optional, Set
 
 from .. import ids, serialization
-from ..exceptions import (InconsistentRetryError, ObjectLostError, ObjectStoreFullError,
-                          OutOfMemoryError, PygenError, TaskCancelledError, WorkerCrashedError)
+from ..exceptions import InconsistentRetryError, ObjectLostError, PygenError, TaskCancelledError
 from ..task_spec import TaskSpec
 from . import output, protocol, workers
+from .introspection import Introspection
 from .objects import DRIVER, ObjectDirectory, ObjEntry
 from .reactor import Reactor
+from .requests import WorkerRequests
 from .spill import SpillFile
+from .spilling import Spiller
 from .streams import StreamState
-from .transport import ConnectionClosed
+from .tasks import DONE, QUEUED, RUNNING, WAITING, Task
+from .worker_events import IDLE_WORKER_TIMEOUT, WorkerEvents
 
-WAITING, QUEUED, RUNNING, DONE = "waiting", "queued", "running", "done"
-
-# Extra idle workers (beyond num_cpus) started while others were blocked are stopped after
-# this long without work.
-IDLE_WORKER_TIMEOUT = 10.0
-# How often the memory monitor reads RssAnon of workers that have a limit.  A worker
-# allocating at ~1 GB/s overshoots its limit by at most ~50 MB before it is killed.
-MEMORY_POLL_INTERVAL = 0.05
 # Upper bound on worker processes for plain tasks (blocked workers lend their CPUs out).
 MAX_EXTRA_WORKERS = 64
 # Pipelining: a function whose recent runs took less than PIPELINE_MAX_SECONDS (after
@@ -61,39 +57,18 @@ PIPELINE_MAX_SECONDS = 0.002
 # so far and then runs long does not hold up what was queued behind it.
 PIPELINE_STUCK_SECONDS = 0.02
 FINISHED_TASK_HISTORY = 1000
-# Workers dying before they are up, in a row, after which queued tasks fail instead of
-# being retried on yet another new worker (the environment cannot start one).
-MAX_FAILED_STARTS = 3
 # How often the I/O thread releases what the driver's dropped refs kept: memory comes
 # back within this delay, and no ref drop ever costs a thread wake-up.
 HOUSEKEEPING_INTERVAL = 0.02
 
 
-class Task:
-    __slots__ = ("spec", "owner", "parent", "children", "state", "attempt", "worker",
-                 "pending_deps", "kept", "cancelled", "force", "stream", "reported",
-                 "submitted", "ended_as", "error")
+class Node(WorkerEvents, WorkerRequests, Introspection):
+    """The scheduler and object directory; see the module docstring.
 
-    def __init__(self, spec: TaskSpec, owner: int, parent: Optional[bytes]) -> None:
-        self.spec = spec
-        self.owner = owner
-        self.parent = parent
-        self.children: Set[bytes] = set()
-        self.state = WAITING
-        self.attempt = 0
-        self.worker: Optional[workers.WorkerHandle] = None
-        self.pending_deps = 0
-        self.kept: List[bytes] = []       # ids this task keeps alive until it is done
-        self.cancelled = False
-        self.force = False
-        self.stream: Optional[StreamState] = None
-        self.reported = 0                 # num_returns=k: returns already reported
-        self.submitted = time.time()
-        self.ended_as = ""
-        self.error: Optional[str] = None
+    Its other parts live beside it: ``worker_events`` (worker processes), ``requests``
+    (what workers ask), ``introspection`` (``pygen.state``), ``spilling``.
+    """
 
-
-class Node:
     def __init__(self, num_cpus: float, store: Any, *, worker_memory_limit: Optional[int],
                  spill_dir: Optional[str], log_to_driver: bool) -> None:
         self.lock = threading.RLock()
@@ -115,6 +90,7 @@ class Node:
         self.pool_size = max(1, math.ceil(num_cpus))
         self._worker_ids = iter(range(1, 1 << 30))
         self.spill = SpillFile(spill_dir)
+        self.spiller = Spiller(store, self.objects, self.spill)
         self.reactor = Reactor()
         self.closed = False
         self._forwarders: Dict[int, output.LineForwarder] = {}
@@ -156,17 +132,17 @@ class Node:
                 self._fail(task, error)
         self._run_callbacks()
         for w in busy:
-            _kill(w.pid)
+            workers.kill(w.pid)
         deadline = time.monotonic() + 2.0
         for w in list(self.workers.values()):
-            while not _reaped(w) and time.monotonic() < deadline:
+            while not w.try_reap() and time.monotonic() < deadline:
                 time.sleep(0.002)
         self.reactor.stop()
         with self.lock:
             for w in list(self.workers.values()):
-                if not _reaped(w):
-                    _kill(w.pid)
-                    _wait_pid(w.pid)
+                if not w.try_reap():
+                    workers.kill(w.pid)
+                    workers.wait_pid(w.pid)
                 self._drain_output(w)
                 self._close_worker_fds(w)
             self.workers.clear()
@@ -289,7 +265,7 @@ class Node:
         if entry is None:
             return self._lost(oid)
         if entry.spilled is not None:
-            self._restore(entry)
+            self.spiller.restore(entry)
         entry.last_access = time.monotonic()
         return entry.payload()
 
@@ -316,64 +292,11 @@ class Node:
         elif not self.objects.on_ready(oid, callback):
             self.objects.callbacks.append(callback)  # unknown: "ready" (get reports it lost)
 
-    # == spilling ==================================================================================
+    # == spilling =================================================================================
     def make_room(self, nbytes: int) -> bool:
-        """Spill sealed objects nobody reads until a block of ``nbytes`` may fit.
-
-        False when that is impossible: nothing spillable is left, or ``nbytes`` is larger
-        than the whole arena (then nothing is spilled for nothing).
-        """
+        """Spill until a block of ``nbytes`` may fit in the arena (``Spiller.make_room``)."""
         with self.lock:
-            if nbytes > self.store.capacity:
-                return False
-            stats = self.store.stats()
-            if stats["largest_free"] >= nbytes:
-                return True
-            candidates = sorted((e for e in self.objects.entries.values()
-                                 if e.in_store and e.ready and e.spilled is None),
-                                key=lambda e: e.last_access)
-            for entry in candidates:
-                info = self.store.info(entry.oid)
-                if info is None or info["pinned_slots"] or info["state"] != "sealed":
-                    continue
-                buf = self.store.get(entry.oid, timeout=0.0)
-                if buf is None:
-                    continue
-                try:
-                    location = self.spill.write(buf)
-                finally:
-                    buf.release()
-                if not self.store.delete(entry.oid):  # someone pinned it meanwhile
-                    self.spill.release(location)
-                    continue
-                entry.in_store = False
-                entry.spilled = location
-                if self.store.stats()["largest_free"] >= nbytes:
-                    return True
-            return self.store.stats()["largest_free"] >= nbytes
-
-    def _restore(self, entry: ObjEntry) -> None:
-        location = entry.spilled
-        assert location is not None
-        size = location[1] + location[2]
-        for _ in range(2):
-            try:
-                writer = self.store.create_object(entry.oid, location[2], location[1])
-                break
-            except ObjectStoreFullError:
-                self.make_room(size)
-        else:
-            writer = self.store.create_object(entry.oid, location[2], location[1])
-        try:
-            self.spill.read_into(location, writer)
-        except BaseException:
-            self.store.abort(entry.oid)
-            raise
-        del writer
-        self.store.seal(entry.oid)
-        self.spill.release(location)
-        entry.spilled = None
-        entry.in_store = True
+            return self.spiller.make_room(nbytes)
 
     # == submission ========================================================================
     def submit(self, spec: TaskSpec, owner: int, parent: Optional[bytes] = None) -> None:
@@ -799,7 +722,7 @@ class Node:
             return
         if force and w.task is task:
             task.force = True
-            _kill(w.pid)  # its death is reported as the cancellation, never retried
+            workers.kill(w.pid)  # its death is reported as the cancellation, never retried
             return
         self._send(w, (protocol.CANCEL, task_id, False))
         self._flush()  # the message must be there before the signal arrives
@@ -884,428 +807,6 @@ class Node:
             self.objects.callbacks.extend(stream.waiters)
             stream.waiters = []
 
-    # == requests from workers ================================================================
-    def _reply(self, w: workers.WorkerHandle, *body: Any) -> None:
-        self._send(w, (protocol.REPLY,) + body)
-
-    def _block(self, w: workers.WorkerHandle) -> None:
-        """A worker waits for something: lend its CPUs to other tasks meanwhile.
-
-        Tasks pipelined behind the waiting one are taken back (they could be what it
-        waits for): the worker returns those it has not started with RECLAIMED.
-        """
-        if w.task is not None and not w.blocked:
-            w.blocked = True
-            self.free_cpus += w.task.spec.num_cpus
-            if len(w.tasks) > 1 and not w.reclaiming:
-                self._reclaim(w)
-            self._dispatch()
-
-    def _unblock(self, w: workers.WorkerHandle) -> None:
-        if w.blocked:
-            w.blocked = False
-            if w.task is not None:
-                self.free_cpus -= w.task.spec.num_cpus
-
-    def _when_ready(self, w: workers.WorkerHandle, keys: List[bytes], need: int,
-                    answer: Callable[[], bool], timeout: Optional[float],
-                    on_timeout: Callable[[], None]) -> None:
-        """Answer a worker's request once ``need`` of ``keys`` became ready, or at timeout.
-
-        ``answer`` returns False when, by the time it runs, what it needs is gone again
-        (another consumer took the stream item): the request then keeps waiting.
-        """
-        if need <= 0 and answer():
-            return
-        _PendingRequest(self, w, keys, answer, on_timeout).arm(need, timeout)
-
-    def on_get(self, w: workers.WorkerHandle, msg: tuple) -> None:
-        _, req, oids, timeout = msg
-
-        def answer() -> bool:
-            self._reply(w, req, protocol.OK, [self.payload_for_reading(o) for o in oids])
-            return True
-
-        need = sum(1 for o in oids if not self.is_ready(o))
-        self._when_ready(w, oids, need, answer, timeout,
-                         lambda: self._reply(w, req, protocol.TIMEOUT, None))
-
-    def on_wait(self, w: workers.WorkerHandle, msg: tuple) -> None:
-        _, req, keys, num_returns, timeout = msg
-
-        def answer() -> bool:
-            self._reply(w, req, protocol.OK, [self.is_ready(k) for k in keys])
-            return True
-
-        need = num_returns - sum(1 for k in keys if self.is_ready(k))
-        self._when_ready(w, keys, need, answer, timeout, answer)
-
-    def on_next(self, w: workers.WorkerHandle, msg: tuple) -> None:
-        _, req, task_id, timeout = msg
-
-        def answer() -> bool:
-            done, oid = self.stream_take(task_id, w.id)
-            if not done:
-                return False
-            self._reply(w, req, protocol.OK if oid is not None else protocol.END_OF_STREAM, oid)
-            return True
-
-        key = ids.stream_id(task_id)
-        self._when_ready(w, [key], 0 if self.is_ready(key) else 1, answer, timeout,
-                         lambda: self._reply(w, req, protocol.TIMEOUT, None))
-
-    def on_room(self, w: workers.WorkerHandle, msg: tuple) -> None:
-        _, req, nbytes = msg
-        self._reply(w, req, protocol.OK, self.make_room(nbytes))
-
-    def on_subscribe(self, w: workers.WorkerHandle, msg: tuple) -> None:
-        oid = msg[1]
-
-        def notify() -> None:
-            with self.lock:
-                if w.state != workers.DEAD:
-                    self._send(w, (protocol.READY, oid))
-
-        self.on_ready(oid, notify)
-
-    def on_refs(self, w: workers.WorkerHandle, msg: tuple) -> None:
-        for oid in msg[1]:
-            self.objects.add_holder(oid, w.id)
-        for oid in msg[2]:
-            self.objects.remove_holder(oid, w.id)
-
-    def on_submit(self, w: workers.WorkerHandle, msg: tuple) -> None:
-        spec = TaskSpec.from_message(msg)
-        parent = w.task.spec.task_id if w.task is not None else None
-        self._submit(spec, w.id, parent)
-
-    def on_put(self, w: workers.WorkerHandle, msg: tuple) -> None:
-        _, oid, payload, contained = msg
-        self.objects.create(oid, holder=w.id)
-        self.object_ready(oid, payload, contained)
-
-    def on_fn(self, w: workers.WorkerHandle, msg: tuple) -> None:
-        self.functions[msg[1]] = msg[2]
-
-    def on_cancel_req(self, w: workers.WorkerHandle, msg: tuple) -> None:
-        self._cancel(ids.task_of(msg[1]), msg[2], msg[3])
-
-    def on_close_req(self, w: workers.WorkerHandle, msg: tuple) -> None:
-        task_id = msg[1]
-        stream = self.streams.get(task_id)
-        if stream is not None and not stream.closed:
-            stream.closed = True
-            self._release_unclaimed(stream)
-            self._stop_stream_task(stream)
-            self._wake_stream(stream)
-
-    def on_hello(self, w: workers.WorkerHandle, msg: tuple) -> None:
-        w.slot = msg[3]
-        self._failed_starts = 0
-        if w.state == workers.STARTING:
-            self.starting -= 1
-            w.state = workers.IDLE
-            w.idle_since = time.monotonic()
-            self.idle.append(w)
-        self._dispatch()
-
-    # == worker events (reactor handlers) ========================================================
-    def _spawn_worker(self) -> None:
-        """Runs on the I/O thread: PR_SET_PDEATHSIG ties each worker to that thread."""
-        with self.lock:
-            if self.closed:
-                self.starting -= 1
-                return
-            wid = next(self._worker_ids)
-            try:
-                w = workers.spawn(wid, self.store.fd, self.log_to_driver)
-            except OSError as exc:
-                self.starting -= 1
-                self._fail_queued(self._system_error(WorkerCrashedError(
-                    f"could not start a worker process: {exc}")))
-                return
-            self.workers[wid] = w
-            self.reactor.add(w.conn.fd, lambda ev, w=w: self._on_socket(w, ev))
-            self.reactor.add(w.pidfd, lambda ev, w=w: self._on_exit(w))
-            for i, fd in enumerate(w.out_fds):
-                fwd = self._forwarders[fd] = output.LineForwarder(
-                    w.pid, "worker", _stderr if i else _stdout)
-                self.reactor.add(fd, lambda ev, fd=fd, fwd=fwd: self._on_output(fd, fwd))
-        self._run_callbacks()
-
-    def _fail_queued(self, error: tuple) -> None:
-        for task in list(self.ready):
-            self._fail(task, error)
-
-    def _on_socket(self, w: workers.WorkerHandle, events: int) -> None:
-        conn = w.conn
-        with conn.read_lock:
-            try:
-                msgs = conn.read_messages()
-                eof = False
-            except (ConnectionClosed, OSError):
-                msgs, eof = [], True
-        if msgs:
-            with self.lock:
-                for msg in msgs:
-                    self._handle(w, msg)
-            self._run_callbacks()
-        with self.lock:
-            if conn.pending_output:
-                conn.flush()
-            if not eof:
-                self.reactor.rearm(conn.fd, write=conn.pending_output)
-
-    def _handle(self, w: workers.WorkerHandle, msg: tuple) -> None:
-        handler = self._handlers.get(msg[0])
-        if handler is None:
-            _internal_error(f"unknown message kind {msg[0]} from worker pid {w.pid}")
-            return
-        try:
-            handler(self, w, msg)
-        except Exception:
-            # a bug in pygen: say so loudly, keep serving the other workers
-            _internal_error(f"while handling message kind {msg[0]} from worker pid {w.pid}")
-
-    def _on_output(self, fd: int, fwd: output.LineForwarder) -> None:
-        try:
-            data = os.read(fd, 1 << 16)
-        except BlockingIOError:
-            self.reactor.rearm(fd)
-            return
-        except OSError:
-            data = b""
-        if data:
-            fwd.feed(data)
-            self.reactor.rearm(fd)
-        else:
-            fwd.close()
-            self.reactor.remove(fd)
-
-    def _drain_output(self, w: workers.WorkerHandle) -> None:
-        """Forward whatever a dead worker left in its pipes."""
-        if w.fds_closed:
-            return
-        for fd in w.out_fds:
-            fwd = self._forwarders.get(fd)
-            if fwd is None:
-                continue
-            while True:
-                try:
-                    data = os.read(fd, 1 << 16)
-                except (BlockingIOError, OSError):
-                    break
-                if not data:
-                    break
-                fwd.feed(data)
-            fwd.close()
-
-    def _close_worker_fds(self, w: workers.WorkerHandle) -> None:
-        if w.fds_closed:
-            return
-        w.fds_closed = True
-        for fd in [w.conn.fd, w.pidfd] + list(w.out_fds):
-            self.reactor.remove(fd)
-        for fd in w.out_fds:
-            self._forwarders.pop(fd, None)
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        w.out_fds = []
-        w.conn.close()
-        try:
-            os.close(w.pidfd)
-        except OSError:
-            pass
-
-    def _on_exit(self, w: workers.WorkerHandle) -> None:
-        """The worker process ended: take its last messages, then account for its death."""
-        with w.conn.read_lock:
-            try:
-                while not w.conn.closed:
-                    msgs = w.conn.read_messages()
-                    if not msgs:
-                        break
-                    with self.lock:
-                        for msg in msgs:
-                            self._handle(w, msg)
-            except (ConnectionClosed, OSError):
-                pass
-        _, status = _wait_pid(w.pid)
-        w.exit_status = status
-        self._drain_output(w)
-        with self.lock:
-            self._worker_died(w)
-            self._close_worker_fds(w)
-        self._run_callbacks()
-
-    def _worker_died(self, w: workers.WorkerHandle) -> None:
-        if w.state == workers.DEAD:
-            return
-        was_starting = w.state == workers.STARTING
-        w.state = workers.DEAD
-        self.workers.pop(w.id, None)
-        if was_starting:
-            self.starting -= 1
-        if w.slot is not None:
-            self._reclaim_slot(w.slot, w.pid)
-        self.objects.drop_process(w.id)
-        task = w.task
-        for waiting in reversed(list(w.tasks)[1:]):  # never started: just run them elsewhere
-            self._unassign(waiting)
-            waiting.state = QUEUED
-            self.ready.appendleft(waiting)
-        if task is not None:
-            if task.force:
-                error = self._cancelled_error(task, " (its worker was killed)")
-            elif w.oom is not None:
-                limit, peak = w.oom
-                error = self._system_error(OutOfMemoryError(
-                    f"task {task.spec.name} was killed for using too much memory: its worker "
-                    f"(pid {w.pid}) reached {_mib(peak)} of private memory, over its limit of "
-                    f"{_mib(limit)}; give it a larger memory= option or worker_memory_limit=, "
-                    f"or yield its results one by one (a generator)"))
-            else:
-                error = self._system_error(WorkerCrashedError(
-                    f"the worker (pid {w.pid}) running task {task.spec.name} died: it "
-                    f"{w.describe_exit()}"))
-            self._unassign(task)
-            if not task.force and self._should_retry(task):
-                self._retry(task)
-            else:
-                self._fail(task, error)
-        if was_starting:
-            self._failed_starts += 1
-        if self.closed:
-            pass
-        elif self._failed_starts >= MAX_FAILED_STARTS:
-            # workers cannot start here (a broken environment): say so, do not loop
-            self._fail_queued(self._system_error(WorkerCrashedError(
-                f"{self._failed_starts} new worker processes died while starting, the last "
-                f"(pid {w.pid}) {w.describe_exit()}; its output above says why")))
-        else:
-            alive = sum(1 for x in self.workers.values()
-                        if x.state != workers.DEAD and x.actor is None)
-            if alive + self.starting < self.pool_size or (self.ready and not self.starting):
-                self._spawn_soon()  # the worker is replaced
-        self._dispatch()
-
-    def _reclaim_slot(self, slot: int, pid: int) -> None:
-        """Drop a dead process's pins and objects it wrote but never reported."""
-        try:
-            self.store.release_slot(slot, pid=pid)  # no-op if the slot was reused since
-        except Exception:
-            return
-        known = self.objects.entries
-        for oid in self.store.list_ids():
-            if oid in known:
-                continue
-            info = self.store.info(oid)
-            if info is not None and info.get("creator_slot") == slot:
-                try:
-                    self.store.delete(oid)
-                except KeyError:
-                    pass
-
-    # == periodic work (I/O thread) ============================================================
-    def _reap_idle_workers(self) -> None:
-        with self.lock:
-            if self.closed:
-                return
-            now = time.monotonic()
-            plain = [w for w in self.workers.values() if w.actor is None and w.state != workers.DEAD]
-            extra = len(plain) - self.pool_size
-            for w in sorted(plain, key=lambda x: x.idle_since):
-                if extra <= 0:
-                    break
-                if w.state == workers.IDLE and now - w.idle_since > IDLE_WORKER_TIMEOUT:
-                    w.state = workers.EXITING
-                    self._send(w, (protocol.EXIT,))
-                    extra -= 1
-            self._flush()
-        self.reactor.call_later(IDLE_WORKER_TIMEOUT / 2, self._reap_idle_workers)
-
-    def _start_memory_monitor(self) -> None:
-        if not self._monitoring:
-            self._monitoring = True
-            self.reactor.call_later(MEMORY_POLL_INTERVAL, self._check_memory)
-
-    def _check_memory(self) -> None:
-        with self.lock:
-            watched = False
-            for w in self.workers.values():
-                task = w.task
-                if task is None or w.state == workers.DEAD or w.oom is not None:
-                    continue
-                limit = task.spec.memory or self.worker_memory_limit
-                if limit is None:
-                    continue
-                watched = True
-                rss = w.rss_anon()
-                w.peak_rss = max(w.peak_rss, rss)
-                if rss > limit:
-                    w.oom = (limit, rss)
-                    _kill(w.pid)
-            self._monitoring = watched
-        if watched:
-            self.reactor.call_later(MEMORY_POLL_INTERVAL, self._check_memory)
-
-    # == introspection ==================================================================================
-    def _describe_task(self, task: Task) -> dict:
-        return {
-            "task_id": task.spec.task_id.hex(),
-            "name": task.spec.name,
-            "state": task.ended_as or task.state,
-            "attempt": task.attempt,
-            "worker_pid": task.worker.pid if task.worker is not None else None,
-            "cancelled": task.cancelled,
-            "error": task.error,
-            "num_returns": (task.spec.num_returns
-                            if task.spec.returns_kind == protocol.RETURNS_STATIC else
-                            "dynamic" if task.spec.returns_kind == protocol.RETURNS_DYNAMIC
-                            else "streaming"),
-        }
-
-    def list_tasks(self) -> List[dict]:
-        with self.lock:
-            return ([self._describe_task(t) for t, _ in self.finished] +
-                    [self._describe_task(t) for t in self.tasks.values()])
-
-    def list_objects(self) -> List[dict]:
-        with self.lock:
-            out = []
-            for entry in self.objects.entries.values():
-                if ids.kind_of(entry.oid) == ids.KIND_STREAM:
-                    continue
-                desc = self.objects.describe(entry)
-                desc["driver_refs"] = self.driver_refs.get(entry.oid, 0)
-                info = self.store.info(entry.oid) if entry.in_store else None
-                desc["zero_copy_views"] = len(info["pinned_slots"]) if info else 0
-                out.append(desc)
-            # No ref keeps these any more, but a zero-copy view still pins the memory.
-            for oid in self.store.list_ids():
-                if oid in self.objects.entries:
-                    continue
-                info = self.store.info(oid)
-                if info is None or not info["delete_pending"]:
-                    continue
-                out.append({"id": oid.hex(), "kind": "released", "state": "released",
-                            "size": info["data_size"] + info["meta_size"], "location": "store",
-                            "is_error": False, "holders": [], "internal_refs": 0,
-                            "spilled": False, "driver_refs": 0,
-                            "zero_copy_views": len(info["pinned_slots"])})
-            return out
-
-    def store_stats(self) -> dict:
-        with self.lock:
-            stats = dict(self.store.stats())
-            spilled = [e for e in self.objects.entries.values() if e.spilled is not None]
-            stats["spilled_objects"] = len(spilled)
-            stats["spilled_bytes"] = sum(e.spilled[1] + e.spilled[2] for e in spilled)
-            stats["tracked_objects"] = len([e for e in self.objects.entries.values()
-                                            if ids.kind_of(e.oid) != ids.KIND_STREAM])
-            return stats
 
     _handlers: Dict[int, Callable[["Node", workers.WorkerHandle, tuple], None]] = {}
 
@@ -1330,95 +831,18 @@ Node._handlers = {
     protocol.RECLAIMED: Node.on_reclaimed,
 }
 
-_NONE_PAYLOAD: tuple = ()
-
-
 def _none_payload() -> tuple:
     sv = serialization.serialize(None)
     return (sv.flags, sv.to_bytes(), sv.total_size)
 
 
-_NONE_PAYLOAD = _none_payload()
-
-
-class _PendingRequest:
-    """A worker's GET/WAIT/NEXT that could not be answered at once.
-
-    While it waits, the worker's CPUs are lent to other tasks (``Node._block``): a task
-    that waits for another task never deadlocks, even with ``num_cpus=1``.
-    """
-
-    def __init__(self, node: Node, w: workers.WorkerHandle, keys: List[bytes],
-                 answer: Callable[[], bool], on_timeout: Callable[[], None]) -> None:
-        self.node = node
-        self.w = w
-        self.keys = keys
-        self.answer = answer
-        self.on_timeout = on_timeout
-        self.need = 0
-        self.done = False
-
-    def arm(self, need: int, timeout: Optional[float]) -> None:
-        """Wait for ``need`` more of the keys (under the node lock)."""
-        node = self.node
-        node._block(self.w)
-        self._listen(need)
-        if timeout is not None:
-            node.reactor.call_later(max(0.0, timeout), self._expire)
-
-    def _listen(self, need: int) -> None:
-        self.need = max(1, need)
-        for key in self.keys:
-            if not self.node.is_ready(key):
-                self.node.on_ready(key, self._fire)
-        if all(self.node.is_ready(k) for k in self.keys):
-            self.node.objects.callbacks.append(self._fire)
-
-    def _fire(self) -> None:
-        node = self.node
-        with node.lock:
-            if self.done or self.w.state == workers.DEAD:
-                return
-            self.need -= 1
-            if self.need > 0:
-                return
-            if self.answer():
-                self.done = True
-                node._unblock(self.w)
-            else:
-                self._listen(1)
-        node._run_callbacks()
-
-    def _expire(self) -> None:
-        node = self.node
-        with node.lock:
-            if self.done or self.w.state == workers.DEAD:
-                return
-            self.done = True
-            node._unblock(self.w)
-            self.on_timeout()
-        node._run_callbacks()
+_NONE_PAYLOAD = _none_payload()  # a streaming generator's completion value when it returns nothing
 
 
 def _encode_dynamic(items: List[bytes]) -> serialization.SerializedValue:
     from ..generators import DynamicObjectRefGenerator
 
     return serialization.serialize(DynamicObjectRefGenerator._from_ids(items))
-
-
-def _stdout():
-    import sys
-    return sys.stdout
-
-
-def _stderr():
-    import sys
-    return sys.stderr
-
-
-def _mib(nbytes: int) -> str:
-    """Bytes for a message: MiB to the decimal needed to tell close sizes apart."""
-    return f"{nbytes / 2**20:.2f} MiB ({nbytes:,} bytes)"
 
 
 def _error_text(payload: tuple) -> str:
@@ -1429,44 +853,7 @@ def _error_text(payload: tuple) -> str:
 
 
 def _warn(message: str) -> None:
-    import sys
-
     try:
         print(f"pygen: {message}", file=sys.stderr, flush=True)
     except (ValueError, OSError):
         pass
-
-
-def _internal_error(what: str) -> None:
-    import sys
-    import traceback
-
-    print(f"pygen internal error {what}:\n{traceback.format_exc()}", file=sys.__stderr__)
-
-
-def _kill(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def _wait_pid(pid: int) -> "tuple[int, Optional[int]]":
-    try:
-        return os.waitpid(pid, 0)
-    except ChildProcessError:
-        return pid, None
-
-
-def _reaped(w: workers.WorkerHandle) -> bool:
-    """Whether ``w`` has exited (and reap it if so)."""
-    if w.exit_status is not None:
-        return True
-    try:
-        pid, status = os.waitpid(w.pid, os.WNOHANG)
-    except ChildProcessError:
-        return True
-    if pid == 0:
-        return False
-    w.exit_status = status
-    return True

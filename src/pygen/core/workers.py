@@ -76,6 +76,19 @@ class WorkerHandle:
             return f"exited with code {os.WEXITSTATUS(status)}"
         return "exited"
 
+    def try_reap(self) -> bool:
+        """Whether the process has exited (reaping it if it just did)."""
+        if self.exit_status is not None:
+            return True
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            return True
+        if pid == 0:
+            return False
+        self.exit_status = status
+        return True
+
     def rss_anon(self) -> int:
         """Private resident memory (RssAnon): pages of the shared arena never count."""
         try:
@@ -126,3 +139,17 @@ def spawn(wid: int, store_fd: int, log_to_driver: bool) -> WorkerHandle:
     pidfd = os.pidfd_open(pid)
     os.set_inheritable(pidfd, False)
     return WorkerHandle(wid, pid, Connection(parent), pidfd, out_fds)
+
+
+def kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def wait_pid(pid: int) -> "tuple[int, Optional[int]]":
+    try:
+        return os.waitpid(pid, 0)
+    except ChildProcessError:
+        return pid, None
