@@ -158,7 +158,7 @@ def put(value: Any) -> ObjectRef:
         raise TypeError("pygen.put() of an ObjectRef is not allowed: pass the ref itself, "
                         "or put a container that holds it (e.g. [ref])")
     client = context.ensure()
-    return ObjectRef(client.put(value), _registered=True, _client=client)
+    return ObjectRef._registered_with(client.put(value), client)
 
 
 def _check_timeout(timeout: Optional[float]) -> None:

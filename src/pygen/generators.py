@@ -46,7 +46,7 @@ class ObjectRefGenerator:
         oid = client.stream_next(self._task_id, timeout)
         if oid is None:
             raise StopIteration
-        return ObjectRef(oid, _registered=True, _client=client)
+        return ObjectRef._registered_with(oid, client)
 
     def next_ready(self, timeout: Optional[float] = None) -> ObjectRef:
         """``next`` with a timeout: ``GetTimeoutError`` if no item comes in time."""
@@ -76,7 +76,7 @@ class ObjectRefGenerator:
                 continue  # another consumer may have taken the item: ask again
             if oid is None:
                 raise StopAsyncIteration
-            return ObjectRef(oid, _registered=True, _client=client)
+            return ObjectRef._registered_with(oid, client)
 
     # -- the task ----------------------------------------------------------------------------------
     def completed(self) -> ObjectRef:

@@ -37,6 +37,17 @@ class ObjectRef:
         if client is not None and not client.closed:
             client.add_ref(object_id, _registered)
 
+    @classmethod
+    def _registered_with(cls, object_id: bytes, client: context.Client) -> "ObjectRef":
+        """A ref the node already counts for ``client``'s process (a task's return, a
+        stream item just taken): ``__init__`` without its checks, on the hot paths."""
+        ref = cls.__new__(cls)
+        ref._id = object_id
+        ref._client = client
+        if not client.closed:
+            client.add_ref(object_id, True)
+        return ref
+
     def __del__(self) -> None:
         client = self._client
         if client is not None:

@@ -89,8 +89,8 @@ class RemoteFunction:
         if kind == protocol.RETURNS_STREAMING:
             return ObjectRefGenerator(task_id, _registered=True)
         if kind == protocol.RETURNS_DYNAMIC or num_returns == 1:
-            return ObjectRef(ids.return_id(task_id, 0), _registered=True, _client=client)
-        refs = [ObjectRef(oid, _registered=True, _client=client) for oid in spec.return_ids()]
+            return ObjectRef._registered_with(ids.return_id(task_id, 0), client)
+        refs = [ObjectRef._registered_with(oid, client) for oid in spec.return_ids()]
         return refs if refs else None
 
     def __repr__(self) -> str:

@@ -321,7 +321,7 @@ class Node(WorkerEvents, WorkerRequests, Introspection):
             handle.ready = True
             completion = ids.completion_id(spec.task_id)
             self.objects.create(completion).internal += 1
-            handle.contains.append(completion)
+            handle.add_contained(completion)
         task.kept = self.objects.add_internal(list(spec.deps) + list(spec.contained))
         args_oid = spec.args_oid()
         if args_oid is not None:  # kept by the task from before it is ready, or it is freed
@@ -746,10 +746,11 @@ class Node(WorkerEvents, WorkerRequests, Introspection):
         if oid is not None:
             # the taker holds it from now on; its ObjectRef is made with _registered=True
             self.objects.add_holder(oid, proc)
-            self.objects.release_internal([oid])
-            task = self.tasks.get(task_id)
-            if stream.backpressure and task is not None and task.worker is not None:
-                self._send(task.worker, (protocol.ACK, task_id, stream.handed_out))
+            self.objects.release_one(oid)
+            if stream.backpressure:
+                task = self.tasks.get(task_id)
+                if task is not None and task.worker is not None:
+                    self._send(task.worker, (protocol.ACK, task_id, stream.handed_out))
             return True, oid
         if stream.ended or stream.closed:
             return True, None
