@@ -18,8 +18,16 @@ import pygen
 MB = 2**20
 
 
+def _say(*parts: object, flush: bool = True) -> None:
+    """``print`` in one write: the node's I/O thread forwards workers' lines to the same
+    stream, and a line split into two writes could get one of theirs in between."""
+    sys.stdout.write(" ".join(str(p) for p in parts) + "\n")
+    if flush:
+        sys.stdout.flush()
+
+
 def _title(text: str) -> None:
-    print(f"\n== {text} " + "=" * max(0, 70 - len(text)), flush=True)
+    _say(f"\n== {text} " + "=" * max(0, 70 - len(text)), flush=True)
 
 
 def demo_zero_copy() -> None:
@@ -40,18 +48,18 @@ def demo_zero_copy() -> None:
     t = time.perf_counter()
     remote_sum, writeable = pygen.get(checksum.remote(ref))
     task_s = time.perf_counter() - t
-    print(f"put: {arr.nbytes / MB:.0f} MB in {put_s * 1e3:.1f} ms ({arr.nbytes / put_s / 1e9:.1f} GB/s, "
+    _say(f"put: {arr.nbytes / MB:.0f} MB in {put_s * 1e3:.1f} ms ({arr.nbytes / put_s / 1e9:.1f} GB/s, "
           f"one copy into shared memory)")
-    print(f"get: {get_s * 1e6:.0f} us (no copy: a read-only view of the arena, "
+    _say(f"get: {get_s * 1e6:.0f} us (no copy: a read-only view of the arena, "
           f"writeable={view.flags.writeable})")
-    print(f"a task read it zero-copy in another process in {task_s * 1e3:.1f} ms "
+    _say(f"a task read it zero-copy in another process in {task_s * 1e3:.1f} ms "
           f"(checksum matches: {remote_sum == int(arr[::4096].sum())}, writeable={writeable})")
 
 
 def demo_memory_pattern(scale: int) -> None:
     _title(f"pattern: generators reduce heap memory ({scale} arrays of 100 MB)")
     limit = 1 << 30
-    print(f"each worker may use {limit // MB} MiB of private memory")
+    _say(f"each worker may use {limit // MB} MiB of private memory")
 
     @pygen.remote(max_retries=0, memory=limit)
     def large_values(num_returns):
@@ -64,25 +72,25 @@ def demo_memory_pattern(scale: int) -> None:
             yield np.random.randint(np.iinfo(np.int8).max, size=(100_000_000, 1), dtype=np.int8)
             print(f"yielded return value {i}")
 
-    print("Using normal functions...")
+    _say("Using normal functions...")
     t = time.perf_counter()
     try:
         pygen.get(large_values.options(num_returns=scale).remote(scale)[0])
-        print("  (the list fit under the limit: use a larger --scale to see it fail)")
+        _say("  (the list fit under the limit: use a larger --scale to see it fail)")
     except pygen.exceptions.WorkerCrashedError as exc:
-        print(f"Worker failed with normal function after {time.perf_counter() - t:.1f} s:")
-        print(f"  {type(exc).__name__}: {exc}")
-    print("Using generators...")
+        _say(f"Worker failed with normal function after {time.perf_counter() - t:.1f} s:")
+        _say(f"  {type(exc).__name__}: {exc}")
+    _say("Using generators...")
     t = time.perf_counter()
     refs = large_values_generator.options(num_returns=scale).remote(scale)
     first_ref, last_ref = refs[0], refs[-1]
     del refs  # the arrays in between are freed as soon as they are stored
     first = pygen.get(first_ref)  # ready at the first yield, long before the task ends
-    print(f"  the first array was readable after {time.perf_counter() - t:.2f} s "
+    _say(f"  the first array was readable after {time.perf_counter() - t:.2f} s "
           f"({first.nbytes / MB:.0f} MB, zero-copy)")
     del first
     pygen.get(last_ref)  # the last ref is ready when the generator has finished
-    print(f"Success! ({time.perf_counter() - t:.1f} s for {scale} arrays)")
+    _say(f"Success! ({time.perf_counter() - t:.1f} s for {scale} arrays)")
 
 
 def demo_streaming() -> None:
@@ -98,8 +106,8 @@ def demo_streaming() -> None:
     t0 = time.perf_counter()
     gen = slow_squares.remote(5, 0.2)
     for ref in gen:
-        print(f"  t={time.perf_counter() - t0:.2f} s  item {pygen.get(ref)}")
-    print(f"  completed() -> {pygen.get(gen.completed())!r}")
+        _say(f"  t={time.perf_counter() - t0:.2f} s  item {pygen.get(ref)}")
+    _say(f"  completed() -> {pygen.get(gen.completed())!r}")
 
     @pygen.remote
     def tiny(n):
@@ -110,7 +118,7 @@ def demo_streaming() -> None:
     total = sum(pygen.get(ref) for ref in tiny.remote(n))
     dt = time.perf_counter() - t
     assert total == n * (n - 1) // 2
-    print(f"  {n} small items streamed and read in {dt:.2f} s ({n / dt:,.0f} items/s)")
+    _say(f"  {n} small items streamed and read in {dt:.2f} s ({n / dt:,.0f} items/s)")
 
 
 def demo_static_and_dynamic() -> None:
@@ -130,7 +138,7 @@ def demo_static_and_dynamic() -> None:
     t0 = time.perf_counter()
     a, b, c = three.remote()
     first, started = pygen.get(stamp.remote(a))
-    print(f"  a task using return 1 ran {started - t0:.2f} s after submission, "
+    _say(f"  a task using return 1 ran {started - t0:.2f} s after submission, "
           f"before the generator finished ({pygen.get(c)!r} came at "
           f"{time.perf_counter() - t0:.2f} s)")
 
@@ -142,7 +150,7 @@ def demo_static_and_dynamic() -> None:
 
     array_ref = pygen.put(np.zeros(63_153))
     blocks = pygen.get(split.remote(array_ref, 1000))
-    print(f"  split an array of 63153 into {len(blocks)} blocks of 1000 "
+    _say(f"  split an array of 63153 into {len(blocks)} blocks of 1000 "
           f"(sizes add up: {sum(len(pygen.get(r)) for r in blocks) == 63_153})")
 
 
@@ -162,7 +170,7 @@ def demo_errors_and_control() -> None:
             out.append(pygen.get(ref))
         except ValueError as exc:
             out.append(f"ValueError({exc.cause})")
-    print(f"  an exception comes at its position: {out}")
+    _say(f"  an exception comes at its position: {out}")
 
     @pygen.remote
     def ticker(n, delay):
@@ -182,7 +190,7 @@ def demo_errors_and_control() -> None:
                 pending.append(g)
             except StopIteration:
                 pass
-    print(f"  pygen.wait over 3 generators: {seen} items taken as they came")
+    _say(f"  pygen.wait over 3 generators: {seen} items taken as they came")
 
     gen = ticker.remote(1000, 0.01)
     next(gen)
@@ -191,7 +199,7 @@ def demo_errors_and_control() -> None:
         for ref in gen:
             pygen.get(ref)
     except pygen.exceptions.TaskCancelledError:
-        print("  pygen.cancel(gen): the next item raises TaskCancelledError")
+        _say("  pygen.cancel(gen): the next item raises TaskCancelledError")
 
     @pygen.remote(generator_backpressure=2)
     def producer():
@@ -203,14 +211,14 @@ def demo_errors_and_control() -> None:
     time.sleep(0.2)
     produced = [t for t in pygen.state.list_tasks() if t["name"] == "producer"]
     gen.close()
-    print(f"  generator_backpressure=2: the producer paused at its yield; close() stopped it "
+    _say(f"  generator_backpressure=2: the producer paused at its yield; close() stopped it "
           f"({produced[0]['state'] if produced else '?'} -> closed)")
 
 
 def run_demo(scale: int) -> None:
     t0 = time.perf_counter()
     pygen.init(num_cpus=2)
-    print(f"pygen {pygen.__version__}: init took {time.perf_counter() - t0:.2f} s; "
+    _say(f"pygen {pygen.__version__}: init took {time.perf_counter() - t0:.2f} s; "
           f"object store {pygen.state.store_stats()['capacity'] / 2**30:.1f} GiB")
     try:
         demo_zero_copy()
@@ -220,10 +228,10 @@ def run_demo(scale: int) -> None:
         demo_memory_pattern(scale)
         gc.collect()  # refs caught in cycles (an exception's traceback holds its frame)
         stats = pygen.state.store_stats()
-        print(f"\nstore at the end: {stats['objects']} objects, {stats['used']} bytes used")
+        _say(f"\nstore at the end: {stats['objects']} objects, {stats['used']} bytes used")
     finally:
         pygen.shutdown()
-    print(f"demo finished in {time.perf_counter() - t0:.1f} s")
+    _say(f"demo finished in {time.perf_counter() - t0:.1f} s")
 
 
 def main(argv=None) -> int:
@@ -239,7 +247,7 @@ def main(argv=None) -> int:
         return 0
     if args.command == "info":
         st = os.statvfs("/dev/shm")
-        print(f"pygen {pygen.__version__}, Python {sys.version.split()[0]}, "
+        _say(f"pygen {pygen.__version__}, Python {sys.version.split()[0]}, "
               f"{os.cpu_count()} CPUs, /dev/shm free {st.f_bavail * st.f_frsize / 2**30:.1f} GiB")
         return 0
     parser.print_help()
