@@ -71,6 +71,10 @@ class Run:
 def run_example(name: str) -> Run:
     """Run one example, reading its stdout line by line (with arrival times)."""
     cmd = [sys.executable, os.path.join(ROOT, "examples", name)] + ARGS.get(name, [])
+    return run_command(name, cmd, LIMIT.get(name, 60))
+
+
+def run_command(name: str, cmd: list, limit: float) -> Run:
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=environment(name), cwd=ROOT)
@@ -80,7 +84,6 @@ def run_example(name: str) -> Run:
     reader = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()))
     reader.start()
     line_times = []
-    limit = LIMIT.get(name, 60)
     timer = threading.Timer(limit, proc.kill)
     timer.start()
     try:
@@ -210,3 +213,30 @@ def test_example(name):
     check = CHECKS.get(name)
     if check is not None:  # an example added later runs with the common checks only
         check(run)
+
+
+@pytest.mark.timeout(300)
+def test_main_command_runs_the_demo_and_leaves_nothing():
+    """The README's main command, ``python -m pygen demo``, at a scale where the list
+    version still passes the demo's 1 GiB limit and fails, and the generator succeeds."""
+    run = run_command("python -m pygen demo",
+                      [sys.executable, "-m", "pygen", "demo", "--scale", "12"], 240)
+    check_common(run)
+    for title in ["zero-copy objects", "streaming generator: items arrive",
+                  "num_returns=k (dependents start early)", "errors, wait, cancel, close",
+                  "pattern: generators reduce heap memory (12 arrays"]:
+        assert f"== {title}" in run.stdout, run.stdout
+    assert re.search(r"^  OutOfMemoryError: task large_values was killed", run.stdout, re.M)
+    assert re.search(r"^Success! \(", run.stdout, re.M), run.stdout
+    assert "store at the end: 0 objects, 0 bytes used" in run.stdout, run.stdout
+    # every driver line is whole: no forwarded worker line spliced into one of ours
+    assert not re.search(r"\S\(large_values_generator pid=", run.stdout), run.stdout
+
+
+def test_main_command_without_a_subcommand_prints_help():
+    out = subprocess.run([sys.executable, "-m", "pygen"], capture_output=True, text=True,
+                         env=environment(""), cwd=ROOT, timeout=60)
+    assert out.returncode == 2 and "demo" in out.stdout, out
+    info = subprocess.run([sys.executable, "-m", "pygen", "info"], capture_output=True,
+                          text=True, env=environment(""), cwd=ROOT, timeout=60)
+    assert info.returncode == 0 and info.stdout.startswith("pygen "), info
