@@ -42,7 +42,7 @@ class ObjEntry:
         self.spilled: Optional[tuple] = None  # (offset, length) in the spill file
         # empty until needed: most entries never get a second holder, a contained ref or
         # a waiter, and every container made here is one more object for the cyclic GC
-        # (measured: an item's bookkeeping 3.3 -> 1.9 us with these left empty)
+        # (measured: a stream item's bookkeeping 3.3 -> 2.3 us with these left empty)
         self.holders: "Set[int] | frozenset" = _NONE
         self.internal = 0
         self.contains: "List[bytes] | tuple" = ()
