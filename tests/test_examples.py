@@ -218,7 +218,7 @@ def test_example(name):
 @pytest.mark.timeout(300)
 def test_main_command_runs_the_demo_and_leaves_nothing():
     """The README's main command, ``python -m pygen demo``, at a scale where the list
-    version still passes the demo's 1 GiB limit and fails, and the generator succeeds."""
+    version goes over the demo's 1 GiB limit and fails, and the generator succeeds."""
     run = run_command("python -m pygen demo",
                       [sys.executable, "-m", "pygen", "demo", "--scale", "12"], 240)
     check_common(run)

@@ -18,16 +18,15 @@ import pygen
 MB = 2**20
 
 
-def _say(*parts: object, flush: bool = True) -> None:
+def _say(*parts: object) -> None:
     """``print`` in one write: the node's I/O thread forwards workers' lines to the same
     stream, and a line split into two writes could get one of theirs in between."""
     sys.stdout.write(" ".join(str(p) for p in parts) + "\n")
-    if flush:
-        sys.stdout.flush()
+    sys.stdout.flush()
 
 
 def _title(text: str) -> None:
-    _say(f"\n== {text} " + "=" * max(0, 70 - len(text)), flush=True)
+    _say(f"\n== {text} " + "=" * max(0, 70 - len(text)))
 
 
 def demo_zero_copy() -> None:

@@ -105,18 +105,12 @@ class DriverClient:
 
     def get(self, oids: Sequence[bytes], timeout: Optional[float]) -> List[Any]:
         node = self.node
-        if len(oids) == 1:
-            # the common case, one small ready value (a stream item): its bytes, no more
-            with node.lock:
-                entry = node.objects.entries.get(oids[0])
-                inline = entry.inline if entry is not None and entry.ready else None
-            if inline is not None:
-                flags, value = serialization.deserialize(inline)
-                if flags & serialization.FLAG_ERROR:
-                    raise raisable(value)
-                return [value]
         with node.lock:
-            sources = self._sources(oids)
+            entry = node.objects.entries.get(oids[0]) if len(oids) == 1 else None
+            if entry is not None and entry.ready and entry.inline is not None:
+                sources = [entry.inline]  # the common case (a stream item): no more to do
+            else:
+                sources = self._sources(oids)
             if sources is None:  # something is missing: wait for it
                 waiter = _Waiter(sum(1 for o in oids if not node.is_ready(o)))
                 for oid in oids:

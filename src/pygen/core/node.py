@@ -758,14 +758,18 @@ class Node(WorkerEvents, WorkerRequests, Introspection):
 
     def stream_close(self, task_id: bytes) -> None:
         with self.lock:
-            stream = self.streams.get(task_id)
-            if stream is None or stream.closed:
-                return
-            stream.closed = True
-            self._release_unclaimed(stream)
-            self._stop_stream_task(stream)
-            self._wake_stream(stream)
+            self._close_stream(task_id)
         self._run_callbacks()
+
+    def _close_stream(self, task_id: bytes) -> None:
+        """``gen.close()`` from any process: free what is left, stop the task, wake readers."""
+        stream = self.streams.get(task_id)
+        if stream is None or stream.closed:
+            return
+        stream.closed = True
+        self._release_unclaimed(stream)
+        self._stop_stream_task(stream)
+        self._wake_stream(stream)
 
     def _abandon_stream(self, task_id: bytes) -> None:
         stream = self.streams.get(task_id)

@@ -126,13 +126,7 @@ class WorkerRequests:
         self._cancel(ids.task_of(msg[1]), msg[2], msg[3])
 
     def on_close_req(self, w: workers.WorkerHandle, msg: tuple) -> None:
-        task_id = msg[1]
-        stream = self.streams.get(task_id)
-        if stream is not None and not stream.closed:
-            stream.closed = True
-            self._release_unclaimed(stream)
-            self._stop_stream_task(stream)
-            self._wake_stream(stream)
+        self._close_stream(msg[1])
 
 
 class _PendingRequest:
