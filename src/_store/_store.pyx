@@ -46,8 +46,8 @@ import os
 from pygen.exceptions import (ObjectExistsError, ObjectNotFoundError, ObjectNotSealedError,
                               ObjectStoreError, ObjectStoreFullError)
 
-__all__ = ["ID_SIZE", "Store", "ObjectBuffer", "ObjectWriter", "copy_into", "DEBUG",
-           "CRASH_POINTS"]
+__all__ = ["ID_SIZE", "Store", "ObjectBuffer", "ObjectWriter", "copy_into", "copy_skew",
+           "COPY_SKEW", "DEBUG", "CRASH_POINTS"]
 
 ID_SIZE = STORE_ID_SIZE
 DEBUG = bool(store_debug_build())
@@ -739,6 +739,24 @@ def copy_into(dst, Py_ssize_t offset, src):
                 with nogil:
                     store_copy(<char *>d.buf + offset, sv.buf, n)
             return n
+        finally:
+            PyBuffer_Release(&sv)
+    finally:
+        PyBuffer_Release(&d)
+
+
+COPY_SKEW = COPY_SKEW_ROOM
+
+
+def copy_skew(dst, Py_ssize_t offset, src):
+    """Bytes to place `src` after `offset` in `dst` so that copying it runs at full speed
+    (a multiple of 64, at most COPY_SKEW; see "4K aliasing" in copy.h)."""
+    cdef Py_buffer d, sv
+    PyObject_GetBuffer(dst, &d, PyBUF_SIMPLE)
+    try:
+        PyObject_GetBuffer(src, &sv, PyBUF_ANY_CONTIGUOUS)
+        try:
+            return store_copy_skew(<char *>d.buf + offset, sv.buf)
         finally:
             PyBuffer_Release(&sv)
     finally:

@@ -93,3 +93,5 @@ cdef extern from "store.h" nogil:
 
 cdef extern from "copy.h" nogil:
     void store_copy(void *dst, const void *src, size_t n)
+    size_t store_copy_skew(const void *dst, const void *src)
+    enum: COPY_SKEW_ROOM

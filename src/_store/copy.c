@@ -77,3 +77,9 @@ void store_copy(void *dst, const void *src, size_t n)
             copy_part(&parts[i]);   /* no thread to be had: do it here */
     }
 }
+
+size_t store_copy_skew(const void *dst, const void *src)
+{
+    uintptr_t want = (uintptr_t)src & ~(uintptr_t)(COPY_ALIGN - 1);
+    return (size_t)((want - (uintptr_t)dst) & (COPY_PAGE - 1) & ~(uintptr_t)(COPY_ALIGN - 1));
+}

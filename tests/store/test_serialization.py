@@ -60,11 +60,14 @@ def test_frombuffer_and_pickle_buffers_copy_nothing(store):
     serialize(a).write_to(store, oid(2))
     buf = store.get(oid(2))
     lo, hi = _arena_span(buf)
-    raw = np.frombuffer(buf, dtype=np.int64)
-    assert _ptr(raw) == lo and np.shares_memory(raw, np.frombuffer(buf, dtype=np.uint8))
+    _, out = deserialize(buf)
+    start = _ptr(out) - lo      # where write_to placed it (see copy.h, 4K aliasing)
+    del out
+    raw = np.frombuffer(buf, dtype=np.int64, count=a.size, offset=start)
+    assert _ptr(raw) == lo + start and np.shares_memory(raw, np.frombuffer(buf, dtype=np.uint8))
     # pickle 5 with our own buffers: the loaded array views them
     stream = pickle.dumps(a, protocol=5, buffer_callback=lambda pb: None)
-    b2 = pickle.loads(stream, buffers=[buf.data[: a.nbytes]])
+    b2 = pickle.loads(stream, buffers=[buf.data[start: start + a.nbytes]])
     assert lo <= _ptr(b2) < hi and np.shares_memory(b2, raw)
     assert np.array_equal(b2, a)
     del raw, b2, buf
@@ -109,6 +112,89 @@ def test_inline_bytes_same_reader(store):
     data = serialize(a).to_bytes()
     _, out = deserialize(data)
     assert np.array_equal(out, a)
+
+
+def test_large_buffers_are_placed_clear_of_4k_aliasing(store):
+    """Each large buffer lands 64-aligned at the page offset of its source rounded down to
+    64 (a copy into a destination a little ahead of its source mod 4096 runs ~1.4x slower,
+    see copy.h); small ones stay packed; every byte arrives."""
+    backing = np.random.default_rng(1).integers(0, 255, size=4 * MiB, dtype=np.uint8)
+    parts = [backing[16:16 + 300_000], backing[1_000_048:1_000_048 + 200_001],
+             np.arange(50, dtype=np.int64), backing[2_000_000:2_000_000 + 150_000],
+             backing[3_000_100:3_000_100 + 102_400]]
+    v = serialize(parts)
+    assert len(v.buffers) == 5
+    v.write_to(store, oid(9))
+    buf = store.get(oid(9))
+    lo, hi = _arena_span(buf)
+    _, out = deserialize(buf)
+    for src, dst in zip(parts, out):
+        assert np.array_equal(src, dst)
+        assert _ptr(dst) % 64 == 0 and lo <= _ptr(dst) and _ptr(dst) + dst.nbytes <= hi
+        if src.nbytes >= serialization.INLINE_THRESHOLD:
+            assert (_ptr(dst) - (_ptr(src) & ~63)) % 4096 == 0
+    spans = sorted((_ptr(a), _ptr(a) + a.nbytes) for a in out)
+    assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:]))
+    # the same value inline (no store): the reader does not care where buffers sit
+    _, again = deserialize(v.to_bytes())
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again))
+    del out, again, buf
+
+
+def test_copy_skew():
+    dst = bytearray(16 * 4096)
+    src = bytearray(16 * 4096)
+    base = np.frombuffer(dst, dtype=np.uint8)
+    for d_off in range(0, 8192, 64 * 7):
+        for s_off in range(0, 8192, 24 * 7):
+            skew = _store.copy_skew(dst, d_off, memoryview(src)[s_off:])
+            assert 0 <= skew <= _store.COPY_SKEW and skew % 64 == 0
+            d_addr = _ptr(base) + d_off + skew
+            s_addr = _ptr(np.frombuffer(src, dtype=np.uint8)) + s_off
+            if (_ptr(base) + d_off) % 64 == 0:
+                assert (d_addr - (s_addr & ~63)) % 4096 == 0
+
+
+@pytest.mark.parametrize("make", [
+    lambda: np.arange(24, dtype=np.float64).reshape(4, 6),
+    lambda: np.asfortranarray(np.arange(24, dtype=np.float64).reshape(4, 6)),
+    lambda: np.arange(24, dtype=np.int32).reshape(4, 6),
+    lambda: np.arange(24, dtype=">i4").reshape(4, 6),
+    lambda: np.arange(48, dtype=np.float64).reshape(4, 12)[:, ::2],   # strided: in-band
+    lambda: np.zeros((0, 6)),
+    lambda: np.array(3.5),
+    lambda: np.array(["ab", "cde"]),
+    lambda: np.zeros(3, dtype=[("a", "i4"), ("b", "f8")]),           # structured
+    lambda: np.array([None, 1], dtype=object),
+    lambda: np.arange(24.0).reshape(4, 6).view(np.ndarray)[1:3],
+], ids=["C", "F", "int32", "big-endian", "strided", "empty", "0-d", "str", "structured",
+        "object", "view"])
+@pytest.mark.parametrize("readonly", [False, True])
+def test_array_streams_are_reused_only_when_equivalent(make, readonly):
+    """A plain array's pickle is kept per (dtype, shape, strides, writeable) and reused;
+    what comes back is the same whether the stream was fresh or reused, and equals what a
+    fresh pickler writes."""
+    serialization._array_streams.clear()
+    arrays = [make(), make()]
+    for a in arrays:
+        a.flags.writeable = not readonly
+    first = serialize(arrays[0])
+    plain = serialization._reduce_ndarray(arrays[0])[0] is serialization._rebuild_ndarray
+    assert len(serialization._array_streams) == (1 if plain else 0)
+    second = serialize(arrays[1])
+    serialization._array_streams.clear()
+    fresh = serialize(arrays[1])
+    assert second.stream == fresh.stream == first.stream
+    for v, a in ((first, arrays[0]), (second, arrays[1])):
+        _, out = deserialize(v.to_bytes())
+        assert out.dtype == a.dtype and out.shape == a.shape
+        if a.flags.c_contiguous or a.flags.f_contiguous:   # else it was copied in-band
+            assert (out.flags.c_contiguous, out.flags.f_contiguous) == \
+                (a.flags.c_contiguous, a.flags.f_contiguous)
+        if a.dtype != object:
+            assert np.array_equal(out, a)
+        else:
+            assert list(out) == list(a)
 
 
 def test_write_failure_aborts(store):
