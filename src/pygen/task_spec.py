@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import List, Optional, Tuple
 
-from . import ids
+from . import ids, serialization
 from .core import protocol
+from .object_ref import ObjectRef
 
 
 class TaskSpec:
@@ -73,9 +74,6 @@ def encode_args(client: object, task_id: bytes, args: tuple, kwargs: dict,
     Arguments too large to inline are written to the store under ``ids.args_id``.
     """
     global _NO_ARGS
-    from . import serialization
-    from .object_ref import ObjectRef
-
     if not args and not kwargs:
         if _NO_ARGS is None:
             sv = serialization.serialize(((), {}))

@@ -22,7 +22,7 @@ import os
 import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .. import serialization
+from .. import ids, serialization
 from ..exceptions import GetTimeoutError, ObjectLostError, raisable
 from . import protocol, values
 from .transport import Connection, ConnectionClosed
@@ -204,8 +204,6 @@ class WorkerClient:
         return serialization.deserialize(buf)
 
     def put(self, value: Any) -> bytes:
-        from .. import ids
-
         oid = ids.put_id()
         payload, contained = self.encode(value, oid)
         self.send((protocol.PUT, oid, payload, contained))
