@@ -501,9 +501,26 @@ static void test_copy(void)
     free(dst);
 }
 
+/* store_copy_skew: 64-aligned, at most COPY_SKEW_ROOM, lands on the source's page offset
+ * rounded down to 64, for every pair of page offsets (addresses only, nothing touched). */
+static void test_copy_skew(void)
+{
+    uintptr_t dst_base = (uintptr_t)1 << 30, src_base = (uintptr_t)3 << 30;
+    for (uintptr_t d = 0; d < 2 * COPY_PAGE; d += COPY_ALIGN) {
+        for (uintptr_t s = 0; s < 2 * COPY_PAGE; s += 8) {
+            size_t skew = store_copy_skew((const void *)(dst_base + d),
+                                          (const void *)(src_base + s));
+            CHECK(skew <= COPY_SKEW_ROOM);
+            CHECK_EQ(skew % COPY_ALIGN, 0);
+            CHECK_EQ((dst_base + d + skew) % COPY_PAGE, (src_base + s) % COPY_PAGE / COPY_ALIGN * COPY_ALIGN);
+        }
+    }
+}
+
 int main(void)
 {
     RUN(test_copy);
+    RUN(test_copy_skew);
     RUN(test_lifecycle);
     RUN(test_status_codes);
     RUN(test_delete_pending_and_abort);
