@@ -220,7 +220,8 @@ def _remember_array_stream(arr: Any, stream: bytes) -> None:
 # array here).  A plain contiguous array of a simple dtype is rebuilt from (buffer, dtype
 # string, shape, order) instead: the buffer still goes out-of-band (copied once into the
 # arena, viewed zero-copy on the way back), and the pickle costs ~6 us.  Building a
-# Pickler per call would eat half of that, so each thread keeps one.
+# Pickler per call would eat half of that, so each thread keeps one.  (An array of a
+# shape seen before skips the pickler altogether: see _array_streams.)
 
 _pickler_local = threading.local()
 
