@@ -37,6 +37,7 @@ from ..exceptions import (InconsistentRetryError, RemoteExceptionInfo, TaskCance
                           TaskError)
 from . import output, protocol
 from .protocol import DepArg
+from .transport import IDLE_SPIN_SECONDS
 from .worker_client import WorkerClient
 
 
@@ -121,12 +122,15 @@ class Executor:
     # -- the loop -----------------------------------------------------------------------------
     def serve_forever(self) -> None:
         inbox = self.client.inbox
+        spin = IDLE_SPIN_SECONDS
         while not self.exiting:
             if inbox:
                 self.execute(inbox.popleft())
+                spin = IDLE_SPIN_SECONDS
                 continue
             self.client.flush()
-            self.client.pump(1.0)
+            self.client.pump(1.0, spin)
+            spin = 0.0  # still idle a second later: sleep without polling
 
     def _report(self, state: Running, msg: tuple) -> None:
         """Send a task's result; batch it while short tasks wait in the inbox.

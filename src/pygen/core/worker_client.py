@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from .. import ids, serialization
 from ..exceptions import GetTimeoutError, ObjectLostError, raisable
 from . import protocol, values
-from .transport import Connection, ConnectionClosed
+from .transport import SPIN_SECONDS, Connection, ConnectionClosed
 
 
 class WorkerClient:
@@ -123,8 +123,9 @@ class WorkerClient:
         self._removed.append(oid)
 
     # -- receiving -----------------------------------------------------------------------------
-    def pump(self, timeout: Optional[float]) -> None:
-        """Read and dispatch what arrives within ``timeout`` (None: until something does)."""
+    def pump(self, timeout: Optional[float], spin: float = SPIN_SECONDS) -> None:
+        """Read and dispatch what arrives within ``timeout`` (None: until something does),
+        polling for the first ``spin`` seconds of it."""
         if not self._reader.acquire(blocking=False):
             # another thread reads for us; wake up when it has dispatched something
             with self._arrived:
@@ -133,7 +134,7 @@ class WorkerClient:
         try:
             if self._deferred:
                 self.flush()
-            if timeout == 0 or self.conn.wait_readable(timeout):
+            if timeout == 0 or self.conn.wait_readable(timeout, spin):
                 self._read_locked()
         finally:
             self._reader.release()
