@@ -47,7 +47,7 @@ from pygen.exceptions import (ObjectExistsError, ObjectNotFoundError, ObjectNotS
                               ObjectStoreError, ObjectStoreFullError)
 
 __all__ = ["ID_SIZE", "Store", "ObjectBuffer", "ObjectWriter", "copy_into", "copy_skew",
-           "COPY_SKEW", "DEBUG", "CRASH_POINTS"]
+           "COPY_SKEW", "punch_hole", "DEBUG", "CRASH_POINTS"]
 
 ID_SIZE = STORE_ID_SIZE
 DEBUG = bool(store_debug_build())
@@ -717,7 +717,17 @@ cdef class Store:
         return f"<Store {self._name} capacity={self._capacity} {state}>"
 
 
-# ---- copies and test hooks --------------------------------------------------------
+# ---- copies, files and test hooks ------------------------------------------------
+
+def punch_hole(int fd, uint64_t offset, uint64_t length):
+    """Give the blocks of [offset, offset+length) of file `fd` back to the file system
+    (the node's spill file), keeping its size; a no-op where holes are not supported."""
+    cdef int rc
+    with nogil:
+        rc = release_range(fd, offset, length)
+    if rc != STORE_OK:
+        _raise_status(rc, "punch_hole")
+
 
 def copy_into(dst, Py_ssize_t offset, src):
     """Copy the bytes of buffer `src` into writable buffer `dst` at `offset`, with the GIL

@@ -95,3 +95,7 @@ cdef extern from "copy.h" nogil:
     void store_copy(void *dst, const void *src, size_t n)
     size_t store_copy_skew(const void *dst, const void *src)
     enum: COPY_SKEW_ROOM
+
+
+cdef extern from "reserve.h" nogil:
+    int release_range(int fd, uint64_t off, uint64_t len)

@@ -32,6 +32,22 @@ int reserve_range(int fd, uint64_t off, uint64_t len)
     }
 }
 
+int release_range(int fd, uint64_t off, uint64_t len)
+{
+    if (len == 0)
+        return STORE_OK;
+    for (;;) {
+        if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) == 0)
+            return STORE_OK;
+        if (errno == EINTR)
+            continue;
+        if (errno == EOPNOTSUPP || errno == ENOSYS)
+            return STORE_OK;
+        return store_fail_sys(errno, "fallocate(PUNCH_HOLE, %llu, %llu)", (unsigned long long)off,
+                              (unsigned long long)len);
+    }
+}
+
 void reserve_advance(_Atomic uint64_t *upto, uint64_t from, uint64_t to)
 {
     uint64_t cur = atomic_load(upto);

@@ -37,6 +37,12 @@
 /* fallocate [off, off+len) of the file.  STORE_ERR_NOSPC on ENOSPC. */
 int reserve_range(int fd, uint64_t off, uint64_t len);
 
+/* The opposite of reserve_range, for any file of ours (the node's spill file): punch a
+ * hole over [off, off+len) so its blocks go back to the file system, keeping the size.
+ * STORE_OK also where holes are not supported (the space then returns when the file is
+ * truncated). */
+int release_range(int fd, uint64_t off, uint64_t len);
+
 /* After reserving arena range [from, to): advance *upto to `to` if the range touches the
  * reserved prefix (from <= *upto), keeping the mark's meaning "all below is reserved". */
 void reserve_advance(_Atomic uint64_t *upto, uint64_t from, uint64_t to);

@@ -36,5 +36,6 @@ def list_actors() -> List[Dict[str, Any]]:
 
 def store_stats() -> Dict[str, Any]:
     """The arena: capacity, used, free, largest_free, objects (in the arena),
-    spilled_objects, spilled_bytes, tracked_objects (all objects, inline included)."""
+    spilled_objects, spilled_bytes, spill_file_bytes (disk space the spill file holds),
+    tracked_objects (all objects, inline included)."""
     return _node().store_stats()

@@ -145,3 +145,18 @@ def test_closed_store(make_store):
     s.close()
     with pytest.raises(ObjectStoreError, match="closed"):
         s.stats()
+
+
+def test_punch_hole_frees_blocks_and_reports_a_bad_fd(tmp_path):
+    fd = os.open(str(tmp_path), os.O_TMPFILE | os.O_RDWR, 0o600)
+    try:
+        os.pwrite(fd, b"x" * (1 << 20), 0)
+        os.fsync(fd)
+        _store.punch_hole(fd, 0, 1 << 19)
+        assert os.fstat(fd).st_size == 1 << 20                 # the size is kept
+        assert os.fstat(fd).st_blocks * 512 <= (1 << 19) + 4096  # the first half is freed
+        assert os.pread(fd, 8, 0) == b"\0" * 8 and os.pread(fd, 8, 1 << 19) == b"x" * 8
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError, match="punch_hole.*Bad file descriptor"):
+        _store.punch_hole(-1, 0, 10)

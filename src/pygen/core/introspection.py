@@ -62,6 +62,7 @@ class Introspection:
             spilled = [e for e in self.objects.entries.values() if e.spilled is not None]
             stats["spilled_objects"] = len(spilled)
             stats["spilled_bytes"] = sum(e.spilled[1] + e.spilled[2] for e in spilled)
+            stats["spill_file_bytes"] = self.spill.allocated_bytes()
             stats["tracked_objects"] = len([e for e in self.objects.entries.values()
                                             if ids.kind_of(e.oid) != ids.KIND_STREAM])
             return stats

@@ -4,14 +4,17 @@ One append-only file per node, opened ``O_TMPFILE`` (or created and unlinked at 
 so it has no name from the start: whatever happens to the driver, no spill file is left
 behind.  An object is written as its metadata then its data, and read back into a
 fresh arena block (``preadv`` straight into the block: one copy) when someone needs it.
-The file is truncated to zero whenever it holds no live object; until then the space
-of restored or freed objects is only reclaimed at shutdown.
+An object restored or freed gives its blocks back at once (a hole punched over its
+record), so the file's disk use follows the bytes still spilled; a record at the end
+also gives back its offsets, and an empty file is truncated to zero.
 """
 from __future__ import annotations
 
 import os
 import tempfile
 from typing import Any, Optional
+
+from .. import _store
 
 
 class SpillFile:
@@ -52,11 +55,25 @@ class SpillFile:
         _pread_all(self.fd, writer.data, offset + meta_size)
 
     def release(self, location: tuple) -> None:
+        offset, meta_size, data_size = location
         self.live -= 1
-        self.live_bytes -= location[1] + location[2]
-        if self.live == 0 and self.fd is not None:
+        self.live_bytes -= meta_size + data_size
+        if self.fd is None:
+            return
+        if self.live == 0:
             os.ftruncate(self.fd, 0)
             self.end = 0
+            return
+        try:
+            _store.punch_hole(self.fd, offset, meta_size + data_size)
+        except OSError:
+            pass  # the blocks stay allocated until the file empties: space, not data, is lost
+        if offset + meta_size + data_size == self.end:
+            self.end = offset
+
+    def allocated_bytes(self) -> int:
+        """Disk space the file holds now (its blocks, holes excluded)."""
+        return 0 if self.fd is None else os.fstat(self.fd).st_blocks * 512
 
     def close(self) -> None:
         if self.fd is not None:
