@@ -1144,6 +1144,50 @@ def test_retry_after_a_crash_hands_out_no_item_twice_and_skips_none(tmp_path):
     assert pygen.get(gen.completed(), timeout=T) is None
 
 
+def test_a_late_report_of_an_old_attempt_is_dropped_and_what_it_stored_freed(tmp_path):
+    """Reports carry their attempt.  One that reaches the node after its attempt is over
+    (injected here as if the dead worker's socket delivered it late: the timing cannot be
+    forced from outside) hands nothing out, and an item it had stored is deleted."""
+    from pygen import ids, serialization
+    from pygen.core import protocol
+
+    d = str(tmp_path)
+    crash, resume = str(tmp_path / "crash"), str(tmp_path / "resume")
+
+    @pygen.remote(max_retries=1)
+    def flaky(d, crash, resume):
+        a = attempt(d)
+        for i in range(6):
+            if i == 2:
+                wait_for_release(crash if a == 1 else resume)
+                if a == 1:
+                    os._exit(1)
+            yield (a, i)
+
+    gen = flaky.remote(d, crash, resume)
+    assert pygen.get([gen.next_ready(T), gen.next_ready(T)], timeout=T) == [(1, 0), (1, 1)]
+    node = pygen.state._node()
+    task_id = gen._task_id
+    old_worker = node.tasks[task_id].worker
+    touch(crash)
+    assert wait_until(lambda: os.path.exists(os.path.join(d, "attempt-2")), 10)
+    assert node.tasks[task_id].attempt == 1
+    stored_oid = ids.item_id(task_id, 2, 0)
+    stored = serialization.serialize(np.full(50_000, 7))          # big enough for the arena
+    stored.write_to(node.store, stored_oid)
+    inline = serialization.serialize("stale").to_bytes()
+    with node.lock:
+        node.on_item(old_worker, (protocol.ITEM, task_id, 0, 2,
+                                  (0, None, stored.total_size), []))
+        node.on_items(old_worker, (protocol.ITEMS, task_id, 0,
+                                   [(3, (0, inline, len(inline)), [])]))
+    assert not node.store.contains(stored_oid)
+    assert len(node.tasks[task_id].stream.items) == 2   # nothing added to the stream
+    touch(resume)
+    assert pygen.get(drain(gen), timeout=T) == [(2, i) for i in range(2, 6)]
+    assert pygen.get(gen.completed(), timeout=T) is None
+
+
 def test_retry_exceptions_on_a_streaming_generator(tmp_path):
     d = str(tmp_path)
 
