@@ -101,8 +101,11 @@ assert pygen.is_initialized()
 stats = pygen.state.store_stats()
 workers = []
 for tid in os.listdir(f"/proc/{{os.getpid()}}/task"):
-    with open(f"/proc/{{os.getpid()}}/task/{{tid}}/children") as f:
-        workers += f.read().split()
+    try:
+        with open(f"/proc/{{os.getpid()}}/task/{{tid}}/children") as f:
+            workers += f.read().split()
+    except FileNotFoundError:  # a short-lived thread (a copy helper) ended meanwhile
+        pass
 print(json.dumps({{"capacity": stats["capacity"], "workers": len(workers)}}))
 """
 
@@ -460,8 +463,11 @@ refs = [long_sleep.remote(), long_sleep.remote()]
 def workers():
     out = []
     for tid in os.listdir(f"/proc/{{os.getpid()}}/task"):
-        with open(f"/proc/{{os.getpid()}}/task/{{tid}}/children") as f:
-            out += [int(p) for p in f.read().split()]
+        try:
+            with open(f"/proc/{{os.getpid()}}/task/{{tid}}/children") as f:
+                out += [int(p) for p in f.read().split()]
+        except FileNotFoundError:  # a short-lived thread (a copy helper) ended meanwhile
+            pass
     return out
 deadline = time.time() + 30
 while len(workers()) < 2 and time.time() < deadline:

@@ -230,8 +230,11 @@ class WorkerEvents:
             return
         known = self.objects.entries
         for oid in self.store.list_ids():
-            if oid in known:
-                continue
+            entry = known.get(oid)
+            if entry is not None and entry.ready:
+                continue  # reported before the death: the node owns it now
+            # never reported (a return sealed just before the kill, an item of an attempt
+            # that is over): nobody can ever read it, and a retry must be free to write it
             info = self.store.info(oid)
             if info is not None and info.get("creator_slot") == slot:
                 try:
