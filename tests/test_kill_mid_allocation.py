@@ -1,6 +1,6 @@
 """Workers SIGKILLed in the middle of a store operation -- inside the store's lock, half-way
-through an allocation, between publishing and sealing an object -- while writing a task's
-return or a generator's item.  The kill comes from the store's own crash points (the
+through an allocation, between publishing and sealing an object, pinning or unpinning --
+while writing a task's return or a generator's item, or reading an argument.  The kill comes from the store's own crash points (the
 process raises SIGKILL at that instruction), so it lands exactly there every time.
 
 Each time: the error surfaces or the retry delivers (every item once, in order), the store
@@ -65,6 +65,19 @@ def big_items(directory, point, n):
         yield value
 
 
+@pygen.remote(max_retries=1)
+def read_arg(directory, point, arr):
+    # the argument is already pinned (read zero-copy) when the task runs: arm, then let
+    # the crash come at the next pin (a put of our own) or unpin (the worker lets the
+    # argument go as the task returns, before the result is sent)
+    if first_attempt(directory):
+        arm(point, 1)
+        if point == "pin":
+            pygen.get(pygen.put(np.ones(ITEM)))
+        return -1
+    return int(arr.sum())
+
+
 @pygen.remote(max_retries=0)
 def no_retry(point):
     arm(point, 1)
@@ -95,6 +108,20 @@ def test_generator_killed_mid_item_delivers_every_item_once(tmp_path, point):
     assert len(os.listdir(tmp_path)) == 2
     check_store()
     del got
+    assert store_empty()
+    check_store()
+
+
+@pytest.mark.parametrize("point", ["pin", "unpin"])
+def test_task_killed_pinning_or_unpinning_is_retried(tmp_path, point):
+    arg = pygen.put(np.arange(ITEM, dtype=np.int64))
+    assert pygen.get(read_arg.remote(str(tmp_path), point, arg), timeout=T) == \
+        ITEM * (ITEM - 1) // 2
+    assert len(os.listdir(tmp_path)) == 2
+    check_store()
+    info = [o for o in pygen.state.list_objects() if o["id"] == arg.hex()]
+    assert info and info[0]["zero_copy_views"] == 0   # the dead worker's pin is gone
+    del arg
     assert store_empty()
     check_store()
 
