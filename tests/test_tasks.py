@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 import pygen
-from pygen.exceptions import GetTimeoutError
+from pygen.exceptions import GetTimeoutError, WorkerCrashedError
+
+from conftest import wait_until
 
 pytestmark = pytest.mark.usefixtures("session")
 
@@ -306,3 +308,39 @@ def fresh_one_cpu():
     yield
     pygen.shutdown()
     pygen.init(num_cpus=2, object_store_memory=256 * 2**20)
+
+
+def test_worker_killed_while_blocked_in_get_leaves_the_cpu_count_right(fresh_one_cpu, tmp_path):
+    """A worker blocked in get has lent its CPU; killed there, it must not give it back a
+    second time (two tasks would then run at once on num_cpus=1), nor keep it."""
+    import signal
+
+    pidfile = str(tmp_path / "pid")
+
+    @pygen.remote
+    def slow():
+        time.sleep(0.5)
+        return 1
+
+    @pygen.remote(max_retries=0)
+    def parent(pidfile):
+        with open(pidfile, "w") as f:
+            f.write(str(os.getpid()))
+        return pygen.get(slow.remote())
+
+    @pygen.remote
+    def nap():
+        t = time.monotonic()
+        time.sleep(0.3)
+        return t, time.monotonic()
+
+    ref = parent.remote(pidfile)
+    node = pygen.state._node()
+    assert wait_until(lambda: any(w.blocked for w in node.workers.values()), 10)
+    os.kill(int(open(pidfile).read()), signal.SIGKILL)
+    with pytest.raises(WorkerCrashedError):
+        pygen.get(ref, timeout=30)
+    assert wait_until(lambda: node.free_cpus == 1, 10)   # once slow() is done too
+    spans = sorted(pygen.get([nap.remote() for _ in range(3)], timeout=30))
+    assert all(b[0] >= a[1] for a, b in zip(spans, spans[1:])), spans   # one at a time
+    assert node.free_cpus == 1
