@@ -80,6 +80,15 @@ def read_arg(directory, point, arr):
     return int(arr.sum())
 
 
+@pygen.remote(max_retries=1)
+def big_returns(directory, point, n):
+    crash = first_attempt(directory)
+    for i in range(n):
+        if crash and i == 2:
+            arm(point, 1)       # dies storing return 2; returns 0-1 are ready already
+        yield np.full(ITEM, i, dtype=np.int64)
+
+
 @pygen.remote(max_retries=0)
 def no_retry(point):
     arm(point, 1)
@@ -124,6 +133,25 @@ def test_task_killed_pinning_or_unpinning_is_retried(tmp_path, point):
     info = [o for o in pygen.state.list_objects() if o["id"] == arg.hex()]
     assert info and info[0]["zero_copy_views"] == 0   # the dead worker's pin is gone
     del arg
+    assert store_empty()
+    check_store()
+
+
+@pytest.mark.parametrize("kind", ["static", "dynamic"])
+@pytest.mark.parametrize("point", ["alloc_split", "create_published", "seal"])
+def test_static_and_dynamic_generators_killed_mid_return_are_retried(tmp_path, kind, point):
+    n = 5
+    if kind == "static":
+        refs = big_returns.options(num_returns=n).remote(str(tmp_path), point, n)
+    else:
+        refs = list(pygen.get(big_returns.options(num_returns="dynamic").remote(
+            str(tmp_path), point, n), timeout=T))
+    got = pygen.get(refs, timeout=T)
+    assert [int(a[0]) for a in got] == list(range(n))
+    assert all(int(a[-1]) == i for i, a in enumerate(got))
+    assert len(os.listdir(tmp_path)) == 2
+    check_store()
+    del got, refs
     assert store_empty()
     check_store()
 
