@@ -1,7 +1,8 @@
 """Workers SIGKILLed in the middle of a store operation -- inside the store's lock, half-way
 through an allocation, between publishing and sealing an object, pinning or unpinning --
-while writing a task's return or a generator's item, or reading an argument.  The kill comes from the store's own crash points (the
-process raises SIGKILL at that instruction), so it lands exactly there every time.
+while writing a task's return or a generator's item, or reading an argument.  The kill
+comes from the store's own crash points (the process raises SIGKILL at that instruction),
+so it lands exactly there every time.
 
 The last test adds SIGKILLs from outside at random moments of a stream of 4 MB items.
 
@@ -26,8 +27,9 @@ pytestmark = [pytest.mark.usefixtures("session"), pytest.mark.timeout(120)]
 T = 60
 ITEM = 50_000          # int64s: 400 KB, above the inline threshold (written to the arena)
 
-# points inside the lock (alloc_*, create_*: the store recovers from its object table) and
-# between operations (seal: the object is complete but unsealed when the process dies)
+# all inside the store's lock (the store recovers from its object table): alloc_* half-way
+# through an allocation, create_* between reserving and publishing an object, seal just
+# after it is marked sealed -- sealed, but never reported to the node
 POINTS = ["alloc_split", "alloc_split_half", "create_filled", "create_published",
           "create_indexed", "seal"]
 
