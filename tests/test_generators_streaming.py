@@ -1055,6 +1055,62 @@ def test_generator_passed_in_a_container_and_dropped_by_the_driver(tmp_path):
     assert pygen.get(ref, timeout=T) == [0, 1, 2, 3]
 
 
+def test_consumer_of_a_passed_generator_is_not_retried_once_it_took_items(tmp_path):
+    """A retry of a task that took items from a generator it was given would start
+    where the dead attempt stopped and silently miss those items: the task fails with
+    the crash, and its message says why it was not retried."""
+    d = str(tmp_path)
+
+    @pygen.remote(max_retries=2)
+    def consumer(gen, d):
+        first = attempt(d) == 1
+        out = []
+        for ref in gen:
+            out.append(pygen.get(ref))
+            if first and len(out) == 3:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return out
+
+    gen = count_up.remote(8, 0.001)
+    with pytest.raises(WorkerCrashedError, match="not retried: it had taken items from the "
+                                                 "streaming generator of task count_up"):
+        pygen.get(consumer.remote(gen, d), timeout=T)
+    assert os.listdir(d) == ["attempt-1"]
+    # the generator itself is intact: the rest is still there for whoever asks
+    assert pygen.get(drain(gen), timeout=T) == [3, 4, 5, 6, 7]
+
+
+def test_consumer_killed_before_taking_an_item_is_retried(tmp_path):
+    d = str(tmp_path)
+
+    @pygen.remote(max_retries=1)
+    def consumer(gen, d):
+        if attempt(d) == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return [pygen.get(r) for r in gen]
+
+    assert pygen.get(consumer.remote(count_up.remote(4, 0.001), d), timeout=T) == [0, 1, 2, 3]
+    assert len(os.listdir(d)) == 2
+
+
+def test_task_consuming_a_generator_it_started_is_retried(tmp_path):
+    """A generator the task started itself is started afresh by the retry: nothing missed."""
+    d = str(tmp_path)
+
+    @pygen.remote(max_retries=1)
+    def own_consumer(d):
+        first = attempt(d) == 1
+        out = []
+        for ref in count_up.remote(6, 0.001):
+            out.append(pygen.get(ref))
+            if first and len(out) == 3:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return out
+
+    assert pygen.get(own_consumer.remote(d), timeout=T) == list(range(6))
+    assert len(os.listdir(d)) == 2
+
+
 def test_task_can_use_completed_and_wait_on_a_passed_generator():
     @pygen.remote
     def inspect_gen(gen):

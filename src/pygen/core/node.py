@@ -313,7 +313,8 @@ class Node(WorkerEvents, WorkerRequests, Introspection):
             self.objects.create(oid, holder=owner)
         if spec.returns_kind != protocol.RETURNS_STATIC:
             stream = task.stream = StreamState(spec.task_id, spec.backpressure,
-                                               spec.returns_kind == protocol.RETURNS_DYNAMIC)
+                                               spec.returns_kind == protocol.RETURNS_DYNAMIC,
+                                               spec.name, parent)
             self.streams[spec.task_id] = stream
         if spec.returns_kind == protocol.RETURNS_STREAMING:
             # the generator's handle and the completion object it keeps alive
@@ -653,8 +654,22 @@ class Node(WorkerEvents, WorkerRequests, Introspection):
 
     # == failures and retries ===================================================================
     def _should_retry(self, task: Task) -> bool:
+        return (self._retries_left(task) and task.took_from is None
+                and not task.cancelled and not self.closed)
+
+    @staticmethod
+    def _retries_left(task: Task) -> bool:
         limit = task.spec.max_retries
-        return not task.cancelled and not self.closed and (limit < 0 or task.attempt < limit)
+        return limit < 0 or task.attempt < limit
+
+    @staticmethod
+    def _no_retry_reason(task: Task) -> str:
+        """Why a task with retries left is not retried, for its error message ("" if it is)."""
+        if task.took_from is None or not Node._retries_left(task):
+            return ""
+        return (f"; not retried: it had taken items from the streaming generator of task "
+                f"{task.took_from}, which it did not start, and a new attempt could not "
+                f"see those items again")
 
     def _retry(self, task: Task) -> None:
         task.attempt += 1

@@ -82,12 +82,23 @@ class WorkerRequests:
             done, oid = self.stream_take(task_id, w.id)
             if not done:
                 return False
+            if oid is not None:
+                self._note_taken_by(w, task_id)
             self._reply(w, req, protocol.OK if oid is not None else protocol.END_OF_STREAM, oid)
             return True
 
         key = ids.stream_id(task_id)
         self._when_ready(w, [key], 0 if self.is_ready(key) else 1, answer, timeout,
                          lambda: self._reply(w, req, protocol.TIMEOUT, None))
+
+    def _note_taken_by(self, w: workers.WorkerHandle, stream_task_id: bytes) -> None:
+        """Remember that ``w``'s task took an item of a stream it did not start itself."""
+        consumer = w.task
+        stream = self.streams.get(stream_task_id)
+        if consumer is None or consumer.took_from is not None or stream is None:
+            return
+        if stream.parent != consumer.spec.task_id:
+            consumer.took_from = stream.name
 
     def on_room(self, w: workers.WorkerHandle, msg: tuple) -> None:
         _, req, nbytes = msg

@@ -24,10 +24,14 @@ from typing import Callable, List, Optional
 
 class StreamState:
     __slots__ = ("task_id", "items", "handed_out", "ended", "abandoned", "closed",
-                 "attempt", "backpressure", "waiters", "dynamic", "close_sent")
+                 "attempt", "backpressure", "waiters", "dynamic", "close_sent", "name",
+                 "parent")
 
-    def __init__(self, task_id: bytes, backpressure: int, dynamic: bool) -> None:
+    def __init__(self, task_id: bytes, backpressure: int, dynamic: bool, name: str = "",
+                 parent: Optional[bytes] = None) -> None:
         self.task_id = task_id
+        self.name = name                  # the producing task's, for messages
+        self.parent = parent              # the task that started it (None: the driver)
         self.items: List[bytes] = []      # object ids of items of the current attempt
         self.handed_out = 0               # items[:handed_out] belong to callers now
         self.ended = False

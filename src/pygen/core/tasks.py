@@ -20,7 +20,7 @@ WAITING, QUEUED, RUNNING, DONE = "waiting", "queued", "running", "done"
 class Task:
     __slots__ = ("spec", "owner", "parent", "children", "state", "attempt", "worker",
                  "pending_deps", "kept", "cancelled", "force", "stream", "reported",
-                 "submitted", "ended_as", "error")
+                 "submitted", "ended_as", "error", "took_from")
 
     def __init__(self, spec: TaskSpec, owner: int, parent: Optional[bytes]) -> None:
         self.spec = spec
@@ -39,3 +39,6 @@ class Task:
         self.submitted = time.time()
         self.ended_as = ""
         self.error: Optional[str] = None
+        # a streaming generator this task did not start and took items from: a new attempt
+        # could not see those items again, so the task is not retried (see _should_retry)
+        self.took_from: Optional[str] = None

@@ -196,11 +196,12 @@ class WorkerEvents:
                     f"task {task.spec.name} was killed for using too much memory: its worker "
                     f"(pid {w.pid}) reached {_mib(peak)} of private memory, over its limit of "
                     f"{_mib(limit)}; give it a larger memory= option or worker_memory_limit=, "
-                    f"or yield its results one by one (a generator)"))
+                    f"or yield its results one by one (a generator)"
+                    f"{self._no_retry_reason(task)}"))
             else:
                 error = self._system_error(WorkerCrashedError(
                     f"the worker (pid {w.pid}) running task {task.spec.name} died: it "
-                    f"{w.describe_exit()}"))
+                    f"{w.describe_exit()}{self._no_retry_reason(task)}"))
             self._unassign(task)
             if not task.force and self._should_retry(task):
                 self._retry(task)
