@@ -1111,6 +1111,23 @@ def test_task_consuming_a_generator_it_started_is_retried(tmp_path):
     assert len(os.listdir(d)) == 2
 
 
+def test_producer_killed_while_a_task_consumes_it_is_retried_for_that_task(tmp_path):
+    """The retry of the producer serves the consumer task: every item once, in order."""
+    d = str(tmp_path)
+
+    @pygen.remote(max_retries=1)
+    def producer(d, n):
+        first = attempt(d) == 1
+        for i in range(n):
+            if first and i == 4:
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(0.002)
+            yield i
+
+    assert pygen.get(consume_all.remote(producer.remote(d, 10)), timeout=T) == list(range(10))
+    assert len(os.listdir(d)) == 2
+
+
 def test_task_can_use_completed_and_wait_on_a_passed_generator():
     @pygen.remote
     def inspect_gen(gen):
