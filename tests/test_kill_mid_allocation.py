@@ -91,6 +91,19 @@ def big_returns(directory, point, n):
         yield np.full(ITEM, i, dtype=np.int64)
 
 
+@pygen.remote
+def total(arr):
+    return int(arr.sum())
+
+
+@pygen.remote(max_retries=1)
+def submits_big_arg(directory, point):
+    arr = np.arange(ITEM, dtype=np.int64)
+    if first_attempt(directory):
+        arm(point, 1)           # dies writing the child's argument into the store
+    return pygen.get(total.remote(arr))
+
+
 @pygen.remote(max_retries=0)
 def no_retry(point):
     arm(point, 1)
@@ -154,6 +167,16 @@ def test_static_and_dynamic_generators_killed_mid_return_are_retried(tmp_path, k
     assert len(os.listdir(tmp_path)) == 2
     check_store()
     del got, refs
+    assert store_empty()
+    check_store()
+
+
+@pytest.mark.parametrize("point", ["alloc_split", "create_indexed", "seal"])
+def test_task_killed_writing_a_nested_tasks_argument_is_retried(tmp_path, point):
+    assert pygen.get(submits_big_arg.remote(str(tmp_path), point), timeout=T) == \
+        ITEM * (ITEM - 1) // 2
+    assert len(os.listdir(tmp_path)) == 2
+    check_store()
     assert store_empty()
     check_store()
 
