@@ -69,6 +69,7 @@ CRASH_POINTS = {
     "delete_freed": FAULT_DELETE_FREED,
     "recover": FAULT_RECOVER,
     "release_slot": FAULT_RELEASE_SLOT,
+    "rebuild_begin": FAULT_REBUILD_BEGIN,
 }
 
 cdef enum:

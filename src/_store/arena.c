@@ -264,9 +264,16 @@ uint64_t arena_largest_free(const arena_t *a)
 void arena_rebuild_begin(arena_t *a)
 {
     arena_ctl_t *c = a->ctl;
-    uint64_t size = c->size;
-    memset(c, 0, sizeof *c);
-    c->size = size;
+    /* Every field but the size, which never changes.  A process killed in here leaves
+     * the next recovery the size to rebuild with; zeroing the whole block and writing
+     * the size back had a window where it read 0, and every allocation after that
+     * recovery failed as "too large". */
+    c->used = 0;
+    c->alloc_blocks = 0;
+    c->free_blocks = 0;
+    c->fl_bitmap = 0;
+    memset(c->sl_bitmap, 0, sizeof c->sl_bitmap);
+    FAULT_POINT(FAULT_REBUILD_BEGIN);
     for (unsigned f = 0; f < ARENA_FL_COUNT; f++)
         for (unsigned s = 0; s < ARENA_SL_COUNT; s++)
             c->heads[f][s] = ARENA_NIL;

@@ -17,4 +17,5 @@ cdef extern from "fault.h" nogil:
         FAULT_DELETE_FREED
         FAULT_RECOVER
         FAULT_RELEASE_SLOT
+        FAULT_REBUILD_BEGIN
         FAULT_COUNT

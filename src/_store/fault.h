@@ -32,6 +32,7 @@ enum fault_point {
     FAULT_DELETE_FREED = 13,      /* delete: block freed, entry not yet on the free list      */
     FAULT_RECOVER = 14,           /* recovery: halfway through rebuilding the allocator       */
     FAULT_RELEASE_SLOT = 15,      /* release_slot: some pins of the slot dropped, not all     */
+    FAULT_REBUILD_BEGIN = 16,     /* recovery: allocator counters cleared, free lists not yet */
     FAULT_COUNT
 };
 
