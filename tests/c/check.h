@@ -4,11 +4,28 @@
 #ifndef PYGEN_CHECK_H
 #define PYGEN_CHECK_H
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/prctl.h>
+#include <unistd.h>
 
 static int check_failures = 0;
 static int check_count = 0;
+
+/* fork() for tests: the child dies with the test process.  Some children loop until
+ * killed; if ctest's timeout kills the test, they must not run on as orphans. */
+static inline pid_t check_fork(void)
+{
+    pid_t parent = getpid();
+    pid_t p = fork();
+    if (p == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)   /* the parent died before prctl */
+            _exit(1);
+    }
+    return p;
+}
 
 #define CHECK(cond)                                                                   \
     do {                                                                              \

@@ -96,7 +96,7 @@ static void workload(store_t *c, unsigned long long seed, long iterations)
 /* Fork a child that attaches, arms `point`, and works until the point kills it. */
 static pid_t spawn(int point, int countdown, unsigned long long seed, long iterations)
 {
-    pid_t p = fork();
+    pid_t p = check_fork();
     if (p == 0) {
         store_t *c = NULL;
         if (point == FAULT_RECOVER || point == FAULT_REBUILD_BEGIN)   /* attach recovers */
@@ -214,7 +214,7 @@ static void test_kill_holding_lock(void)
         store_stats(s, &before);
         int pfd[2];
         CHECK_EQ(pipe(pfd), 0);
-        pid_t child = fork();
+        pid_t child = check_fork();
         if (child == 0) {
             store_t *c = NULL;
             if (store_attach(g_name, 0, &c) != STORE_OK)
@@ -271,7 +271,7 @@ static void test_kill_during_release_slot(void)
     store_t *s = setup();
     int pfd[2];
     CHECK_EQ(pipe(pfd), 0);
-    pid_t holder = fork();
+    pid_t holder = check_fork();
     if (holder == 0) {
         store_t *c = NULL;
         if (store_attach(g_name, 0, &c) != STORE_OK)
@@ -297,7 +297,7 @@ static void test_kill_during_release_slot(void)
     int freed;
     CHECK_EQ(store_delete(s, id, &freed), STORE_OK);   /* pending on the holder's pin */
     CHECK_EQ(freed, 0);
-    pid_t releaser = fork();
+    pid_t releaser = check_fork();
     if (releaser == 0) {
         store_t *c = NULL;
         if (store_attach(g_name, 0, &c) != STORE_OK)

@@ -377,7 +377,7 @@ static void test_recovery_equals_precrash(void)
 
 static void test_stale_sweep(void)
 {
-    pid_t child = fork();
+    pid_t child = check_fork();
     if (child == 0)
         _exit(0);
     waitpid(child, NULL, 0);   /* now a dead pid */
@@ -437,7 +437,7 @@ static void test_wait_cross_process(void)
     make_id(id, 77);
     char name[256];
     snprintf(name, sizeof name, "%s", store_name(s));
-    pid_t child = fork();
+    pid_t child = check_fork();
     if (child == 0) {
         store_t *c = NULL;
         if (store_attach(name, 0, &c) != STORE_OK)
