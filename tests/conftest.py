@@ -18,6 +18,14 @@ MiB = 2**20
 STORE = 256 * MiB
 
 
+def attempt(directory: str) -> int:
+    """Inside a task: record one attempt in ``directory``; returns its number (1, 2...)."""
+    n = len([x for x in os.listdir(directory) if x.startswith("attempt-")]) + 1
+    with open(os.path.join(directory, f"attempt-{n}"), "w"):
+        pass
+    return n
+
+
 def child_pids() -> "list[int]":
     """Live (non-zombie) pygen worker processes among this test process's children.
 

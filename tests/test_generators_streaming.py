@@ -28,7 +28,7 @@ from pygen import ObjectRefGenerator
 from pygen.exceptions import (GetTimeoutError, InconsistentRetryError, PygenError,
                               TaskCancelledError, TaskError, WorkerCrashedError)
 
-from conftest import STORE, assert_clean_after_shutdown, store_empty, wait_until
+from conftest import STORE, assert_clean_after_shutdown, attempt, store_empty, wait_until
 
 pytestmark = pytest.mark.usefixtures("session")
 
@@ -52,13 +52,6 @@ def wait_for_release(release: str, limit: float = 30.0) -> None:
     deadline = time.monotonic() + limit
     while not os.path.exists(release) and time.monotonic() < deadline:
         time.sleep(0.002)
-
-
-def attempt(directory: str) -> int:
-    """Inside a task: record one attempt in ``directory``; returns its number (1, 2...)."""
-    n = len([x for x in os.listdir(directory) if x.startswith("attempt-")]) + 1
-    touch(os.path.join(directory, f"attempt-{n}"))
-    return n
 
 
 def drain(gen, timeout: float = T) -> list:

@@ -20,7 +20,7 @@ import pygen
 from pygen import _store
 from pygen.exceptions import WorkerCrashedError
 
-from conftest import store_empty
+from conftest import attempt, store_empty
 
 pytestmark = [pytest.mark.usefixtures("session"), pytest.mark.timeout(120)]
 
@@ -32,14 +32,6 @@ ITEM = 50_000          # int64s: 400 KB, above the inline threshold (written to 
 # after it is marked sealed -- sealed, but never reported to the node
 POINTS = ["alloc_split", "alloc_split_half", "create_filled", "create_published",
           "create_indexed", "seal"]
-
-
-def first_attempt(directory: str) -> bool:
-    """Inside a task: True the first time it runs for ``directory``."""
-    n = len(os.listdir(directory))
-    with open(os.path.join(directory, f"attempt-{n + 1}"), "w"):
-        pass
-    return n == 0
 
 
 def arm(point: str, countdown: int) -> None:
@@ -54,14 +46,14 @@ def check_store() -> None:
 @pygen.remote(max_retries=1)
 def big_return(directory, point, seed):
     value = np.arange(ITEM, dtype=np.int64) + seed
-    if first_attempt(directory):
+    if attempt(directory) == 1:
         arm(point, 1)
     return value
 
 
 @pygen.remote(max_retries=1)
 def big_items(directory, point, n):
-    crash = first_attempt(directory)
+    crash = attempt(directory) == 1
     for i in range(n):
         value = np.full(ITEM, i, dtype=np.int64)
         if crash and i == 3:
@@ -74,7 +66,7 @@ def read_arg(directory, point, arr):
     # the argument is already pinned (read zero-copy) when the task runs: arm, then let
     # the crash come at the next pin (a put of our own) or unpin (the worker lets the
     # argument go as the task returns, before the result is sent)
-    if first_attempt(directory):
+    if attempt(directory) == 1:
         arm(point, 1)
         if point == "pin":
             pygen.get(pygen.put(np.ones(ITEM)))
@@ -84,7 +76,7 @@ def read_arg(directory, point, arr):
 
 @pygen.remote(max_retries=1)
 def big_returns(directory, point, n):
-    crash = first_attempt(directory)
+    crash = attempt(directory) == 1
     for i in range(n):
         if crash and i == 2:
             arm(point, 1)       # dies storing return 2; returns 0-1 are ready already
@@ -99,7 +91,7 @@ def total(arr):
 @pygen.remote(max_retries=1)
 def submits_big_arg(directory, point):
     arr = np.arange(ITEM, dtype=np.int64)
-    if first_attempt(directory):
+    if attempt(directory) == 1:
         arm(point, 1)           # dies writing the child's argument into the store
     return pygen.get(total.remote(arr))
 

@@ -56,6 +56,7 @@ _HEADER_1BUF = struct.Struct(_HEADER.format + _BUFDESC.format[1:])
 _ALIGN = 64
 
 _SKEW_ROOM = _store.COPY_SKEW   # slack before each large buffer, see write_to
+_SKEW_MIN = INLINE_THRESHOLD    # buffers this large get it (smaller ones: not worth it)
 
 FLAG_ERROR = 1  # the value is an exception to raise on get
 
@@ -108,7 +109,7 @@ class SerializedValue:
             pos = _align(pos)
             offsets.append(pos)
             pos += buf.nbytes
-            if buf.nbytes >= INLINE_THRESHOLD:
+            if buf.nbytes >= _SKEW_MIN:
                 pos += _SKEW_ROOM  # room to shift it when written (see write_to)
         self._offsets = offsets
         self.data_size = pos
@@ -153,11 +154,11 @@ class SerializedValue:
         try:
             data = writer.data
             offsets = self._offsets
-            if self.data_size >= INLINE_THRESHOLD:
+            if self.data_size >= _SKEW_MIN:
                 # each large buffer may move up by _SKEW_ROOM: placed so that the copy
                 # does not run into 4K aliasing with its source (1.4x at 1 MB)
                 offsets = [off + _store.copy_skew(data, off, buf)
-                           if buf.nbytes >= INLINE_THRESHOLD else off
+                           if buf.nbytes >= _SKEW_MIN else off
                            for off, buf in zip(offsets, self.buffers)]
             meta = writer.metadata
             meta[:] = self._metadata(0, offsets)
@@ -179,7 +180,7 @@ def serialize(value: Any, *, error: bool = False) -> SerializedValue:
     cloudpickle pickles them by value.
     """
     if type(value) is _ndarray_type and not error:
-        stream = _array_streams.get((value.dtype, value.shape, value.strides, value.flags.writeable))
+        stream = _array_streams.get(_array_key(value))
         if stream is not None:  # a plain array seen before: its pickle is known
             return SerializedValue(stream, (pickle.PickleBuffer(value).raw(),), 0, [])
     buffers: List[memoryview] = []
@@ -211,7 +212,11 @@ def _remember_array_stream(arr: Any, stream: bytes) -> None:
         return  # pickled in-band or by numpy's own reduce: not a reusable stream
     if len(_array_streams) >= _ARRAY_STREAMS_MAX:
         _array_streams.clear()
-    _array_streams[(arr.dtype, arr.shape, arr.strides, arr.flags.writeable)] = stream
+    _array_streams[_array_key(arr)] = stream
+
+
+def _array_key(arr: Any) -> tuple:
+    return (arr.dtype, arr.shape, arr.strides, arr.flags.writeable)
 
 
 # -- the C pickler, reused per thread, with a short cut for numpy arrays --------------------

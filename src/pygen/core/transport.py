@@ -33,13 +33,13 @@ _READ_SIZE = 1 << 18
 
 # How long a waiting reader polls before it sleeps.  50-100 us covers a task round trip
 # of a short task here; spinning longer only burns CPU the other processes want.
-SPIN_SECONDS = float(__import__("os").environ.get("PYGEN_SPIN_US", "100")) * 1e-6
+SPIN_SECONDS = float(os.environ.get("PYGEN_SPIN_US", "100")) * 1e-6
 
 # How long an idle worker polls for its next task before it sleeps.  Tasks submitted one
 # after another reach a worker ~100-200 us after its previous one ended (the driver wakes,
 # reads the result, calls remote()); a worker that slept meanwhile must be woken through
 # the hypervisor first.  1 ms brought remote() -> first item from 213-398 us to 144-176 us.
-IDLE_SPIN_SECONDS = float(__import__("os").environ.get("PYGEN_IDLE_SPIN_US", "1000")) * 1e-6
+IDLE_SPIN_SECONDS = float(os.environ.get("PYGEN_IDLE_SPIN_US", "1000")) * 1e-6
 
 
 class ConnectionClosed(EOFError):
