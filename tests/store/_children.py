@@ -62,7 +62,8 @@ def alloc_loop(name, seed, ready, tag):
         except Exception:
             i += 1
             continue
-        w.data[:8] = b"childdat"
+        n = min(8, size)        # sizes 1-7 too: the data region is that small
+        w.data[:n] = b"childdat"[:n]
         w.metadata[:4] = b"meta"
         if rng.random() < 0.1:
             del w

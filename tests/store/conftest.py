@@ -72,6 +72,9 @@ def mp():
 def kill_and_reap(proc, timeout: float = 10.0) -> None:
     """SIGKILL a child and wait for it, so its pid is gone (not a zombie)."""
     if proc.is_alive():
-        os.kill(proc.pid, signal.SIGKILL)
+        try:
+            os.kill(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # it ended between the check and the kill
     proc.join(timeout)
     assert not proc.is_alive()
