@@ -1243,12 +1243,12 @@ def test_a_late_report_of_an_old_attempt_is_dropped_and_what_it_stored_freed(tmp
     stored.write_to(node.store, stored_oid)
     inline = serialization.serialize("stale").to_bytes()
     with node.lock:
-        node.on_item(old_worker, (protocol.ITEM, task_id, 0, 2,
-                                  (0, None, stored.total_size), []))
-        node.on_items(old_worker, (protocol.ITEMS, task_id, 0,
-                                   [(3, (0, inline, len(inline)), [])]))
+        node.on_item(old_worker, protocol.Item(task_id, 0, 2,
+                                               (0, None, stored.total_size), []))
+        node.on_items(old_worker, protocol.Items(task_id, 0,
+                                                 [(3, (0, inline, len(inline)), [])]))
     assert not node.store.contains(stored_oid)
-    assert len(node.tasks[task_id].stream.items) == 2   # nothing added to the stream
+    assert node.tasks[task_id].stream.produced == 2   # nothing added to the stream
     touch(resume)
     assert pygen.get(drain(gen), timeout=T) == [(2, i) for i in range(2, 6)]
     assert pygen.get(gen.completed(), timeout=T) is None

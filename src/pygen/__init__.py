@@ -12,7 +12,9 @@ object store.  The API follows Ray's core API; see SPEC.md in the project for th
         print(pygen.get(ref))
 """
 from . import exceptions, state
-from .api import cancel, get, init, is_initialized, put, remote, shutdown, wait
+from .actor import ActorClass, ActorHandle, ActorMethod
+from .api import (cancel, get, get_actor, init, is_initialized, kill, method, put, remote,
+                  shutdown, wait)
 from .generators import DynamicObjectRefGenerator, ObjectRefGenerator
 from .object_ref import ObjectRef
 
@@ -20,6 +22,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "init", "shutdown", "is_initialized", "remote", "put", "get", "wait", "cancel",
-    "ObjectRef", "ObjectRefGenerator", "DynamicObjectRefGenerator", "exceptions", "state",
+    "get_actor", "kill", "method",
+    "ObjectRef", "ObjectRefGenerator", "DynamicObjectRefGenerator", "ActorClass",
+    "ActorHandle", "ActorMethod", "exceptions", "state",
 ]
 

@@ -11,7 +11,8 @@ from . import context, ids, options
 from .generators import ObjectRefGenerator
 from .object_ref import ObjectRef
 
-__all__ = ["init", "shutdown", "is_initialized", "remote", "put", "get", "wait", "cancel"]
+__all__ = ["init", "shutdown", "is_initialized", "remote", "put", "get", "wait", "cancel",
+           "get_actor", "kill", "method"]
 
 _lock = threading.RLock()
 _atexit_registered = False
@@ -133,11 +134,13 @@ def is_initialized() -> bool:
 
 def remote(*args: Any, **kwargs: Any) -> Any:
     """``@remote`` or ``@remote(**options)`` on a function (a task) or a class (an actor)."""
+    from .actor import ActorClass
     from .remote_function import RemoteFunction
 
     def make(target: Any, opts: dict) -> Any:
         if isinstance(target, type):
-            raise NotImplementedError("actors (@pygen.remote on a class) are not available yet")
+            checked = options.validate(options.ACTOR_OPTIONS, opts, f"actor {target.__name__}")
+            return ActorClass(target, checked)
         if not callable(target):
             raise TypeError(f"@pygen.remote needs a function or a class, got {target!r}")
         checked = options.validate(options.TASK_OPTIONS, opts,
@@ -150,6 +153,46 @@ def remote(*args: Any, **kwargs: Any) -> Any:
         raise TypeError("@pygen.remote takes options as keywords only, e.g. "
                         "@pygen.remote(num_returns=2)")
     return lambda target: make(target, kwargs)
+
+
+def method(**method_options: Any) -> Any:
+    """Default options of an actor method: ``@pygen.method(num_returns=2)``."""
+    from .actor import method as _method
+
+    return _method(**method_options)
+
+
+def get_actor(name: str) -> Any:
+    """The handle of the live actor created with ``.options(name=name)``.
+
+    Raises ``ValueError`` naming the actor when there is none (never created, dead, or
+    every handle to it was dropped, which ends an actor).
+    """
+    from .actor import ActorHandle, _Descriptor
+
+    if not isinstance(name, str):
+        raise TypeError(f"pygen.get_actor() takes the actor's name (a str), "
+                        f"got {type(name).__name__}")
+    client = context.ensure()
+    found = client.get_actor(name)
+    if found is None:
+        raise ValueError(f"no live actor is named {name!r}: create it with "
+                         f"Cls.options(name={name!r}).remote(...) first (an actor ends when "
+                         f"it is killed, crashes for good, or every handle to it is gone)")
+    actor_id, blob = found
+    return ActorHandle(actor_id, _Descriptor.from_blob(blob))
+
+
+def kill(actor: Any, *, no_restart: bool = True) -> None:
+    """Kill an actor's process now.  Synchronous: when this returns, the process is gone
+    and every later call to the actor raises ``ActorDiedError`` ("killed by pygen.kill").
+    With ``no_restart=False`` an actor that has ``max_restarts`` left is restarted."""
+    from .actor import ActorHandle
+
+    if not isinstance(actor, ActorHandle):
+        raise TypeError(f"pygen.kill() takes an actor handle, got {type(actor).__name__}; "
+                        f"to stop a task use pygen.cancel(ref, force=True)")
+    actor._client().kill_actor(actor._actor_id, bool(no_restart))
 
 
 def put(value: Any) -> ObjectRef:
@@ -249,6 +292,6 @@ def cancel(ref: Union[ObjectRef, ObjectRefGenerator], *, force: bool = False,
                         f"got {type(ref).__name__}")
     if ids.kind_of(key) == ids.KIND_PUT:
         return  # a put has no task
-    client.cancel(key, bool(force), bool(recursive))
+    client.cancel(key, bool(force), bool(recursive))  # force on an actor call: ValueError
 
 

@@ -8,7 +8,7 @@ the runtime only through the methods of :class:`Client`, never by importing the 
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 try:
     from typing import Protocol
@@ -46,6 +46,17 @@ class Client(Protocol):
     # streams (a streaming generator's items, by its task id)
     def stream_next(self, task_id: bytes, timeout: Optional[float]) -> Optional[bytes]: ...
     def stream_close(self, task_id: bytes) -> None: ...
+
+    # actors
+    def create_actor(self, spec: Any, class_name: str, name: Optional[str], descriptor: bytes,
+                     options: Dict[str, Any], get_if_exists: bool) -> Tuple[bytes, bytes]:
+        """(actor_id, descriptor): the new actor's, or the live one named ``name``."""
+        ...
+
+    def get_actor(self, name: str) -> Optional[Tuple[bytes, bytes]]: ...
+    def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
+        """Returns once the actor's process is gone."""
+        ...
 
 
 _current: Optional[Client] = None

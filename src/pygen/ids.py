@@ -24,6 +24,7 @@ KIND_PUT = 3         # pygen.put
 KIND_COMPLETION = 4  # value of ObjectRefGenerator.completed()
 KIND_STREAM = 5      # the stream itself: what an ObjectRefGenerator holds on to
 KIND_ARGS = 6        # arguments too large to travel inline
+KIND_ACTOR = 7       # an actor: what its handles hold on to (no value)
 
 _prefix = os.urandom(6)
 _counter = itertools.count(1)
@@ -75,6 +76,11 @@ def put_id() -> bytes:
 
 def args_id(task_id: bytes) -> bytes:
     return object_id(task_id, KIND_ARGS)
+
+
+def actor_handle_id(actor_id: bytes) -> bytes:
+    """The id every handle on actor ``actor_id`` (its creation task's id) counts on."""
+    return object_id(actor_id, KIND_ACTOR)
 
 
 def task_of(oid: bytes) -> bytes:

@@ -66,6 +66,18 @@ def _name(name: str, value: Any) -> Any:
     return value
 
 
+def _bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"option {name!r} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def _lifetime(name: str, value: Any) -> Any:
+    if value is not None and value != "detached":
+        raise ValueError(f"option {name!r} must be None or 'detached', got {value!r}")
+    return value
+
+
 def _max_retries(name: str, value: Any) -> int:
     return _int_at_least(-1)(name, value)  # -1: retry forever, as in Ray
 
@@ -87,7 +99,9 @@ ACTOR_OPTIONS: Dict[str, tuple] = {
     "max_concurrency": (None, _optional(_int_at_least(1))),
     "num_cpus": (0.0, _cpus),
     "memory": (None, _optional(_int_at_least(1))),
-    "name": (None, _name),
+    "name": (None, _name),              # a name pygen.get_actor finds it by
+    "get_if_exists": (False, _bool),    # with name: the live actor of that name, if any
+    "lifetime": (None, _lifetime),      # "detached": not ended when its handles are gone
 }
 
 METHOD_OPTIONS: Dict[str, tuple] = {

@@ -86,12 +86,7 @@ class RemoteFunction:
         spec = TaskSpec(task_id, name, fn_id, payload, deps, contained, kind, num_returns,
                         max_retries, retry, num_cpus, memory, backpressure)
         client.submit(spec)
-        if kind == protocol.RETURNS_STREAMING:
-            return ObjectRefGenerator(task_id, _registered=True)
-        if kind == protocol.RETURNS_DYNAMIC or num_returns == 1:
-            return ObjectRef._registered_with(ids.return_id(task_id, 0), client)
-        refs = [ObjectRef._registered_with(oid, client) for oid in spec.return_ids()]
-        return refs if refs else None
+        return spec.outputs(client)
 
     def __repr__(self) -> str:
         return f"RemoteFunction({self._name})"

@@ -20,22 +20,23 @@ def list_objects() -> List[Dict[str, Any]]:
     """One dict per object: id (``ref.hex()``), state, size, location, and what keeps it:
     holders (process ids; 0 is the driver), internal_refs (pending tasks, containers,
     streams), zero_copy_views (processes pinning it), spilled."""
-    return _node().list_objects()
+    return _node().introspection.list_objects()
 
 
 def list_tasks() -> List[Dict[str, Any]]:
     """Pending and running tasks, and the most recently finished ones."""
-    return _node().list_tasks()
+    return _node().introspection.list_tasks()
 
 
 def list_actors() -> List[Dict[str, Any]]:
-    """Actors (none until actors are implemented)."""
-    _node()
-    return []
+    """One dict per actor, live and recently dead: actor_id, class_name, name, state
+    (pending, starting, alive, restarting, dead), pid, restarts, death_cause,
+    pending_calls (not sent to it yet), running_calls (sent, not finished)."""
+    return _node().introspection.list_actors()
 
 
 def store_stats() -> Dict[str, Any]:
     """The arena: capacity, used, free, largest_free, objects (in the arena),
     spilled_objects, spilled_bytes, spill_file_bytes (disk space the spill file holds),
     tracked_objects (all objects, inline included)."""
-    return _node().store_stats()
+    return _node().introspection.store_stats()

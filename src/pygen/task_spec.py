@@ -1,44 +1,37 @@
 """``TaskSpec``: everything the node needs to run one task, as plain data.
 
-A driver hands it to the in-process node directly; a worker sends it as a SUBMIT
-message (``to_message``/``from_message``).  Arguments are already encoded: a payload
+A driver hands it to the in-process node directly; a worker sends it inside a
+``protocol.Submit`` message (``to_wire``/``from_wire``).  Arguments are already encoded: a payload
 (flags, inline bytes or None, size) whose value is ``(args, kwargs)`` with each
 top-level ``ObjectRef`` replaced by ``DepArg(i)``; ``deps[i]`` is that ref's id.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Any, List, NamedTuple, Optional, Tuple
 
 from . import ids, serialization
 from .core import protocol
+from .generators import ObjectRefGenerator
 from .object_ref import ObjectRef
 
 
-class TaskSpec:
-    __slots__ = ("task_id", "name", "fn_id", "args", "deps", "contained", "returns_kind",
-                 "num_returns", "max_retries", "retry_exceptions", "num_cpus", "memory",
-                 "backpressure", "actor_id", "method")
-
-    def __init__(self, task_id: bytes, name: str, fn_id: bytes, args: tuple,
-                 deps: List[bytes], contained: List[bytes], returns_kind: int,
-                 num_returns: int, max_retries: int, retry_exceptions: object,
-                 num_cpus: float, memory: Optional[int], backpressure: int,
-                 actor_id: Optional[bytes] = None, method: Optional[str] = None) -> None:
-        self.task_id = task_id
-        self.name = name
-        self.fn_id = fn_id
-        self.args = args                # payload: (flags, inline or None, size)
-        self.deps = deps                # top-level refs, resolved before dispatch
-        self.contained = contained      # refs nested in the arguments, kept alive
-        self.returns_kind = returns_kind
-        self.num_returns = num_returns  # for RETURNS_STATIC
-        self.max_retries = max_retries
-        self.retry_exceptions = retry_exceptions  # bool, or pickled tuple of classes (bytes)
-        self.num_cpus = num_cpus
-        self.memory = memory
-        self.backpressure = backpressure  # 0: none
-        self.actor_id = actor_id
-        self.method = method
+class TaskSpec(NamedTuple):
+    """One task or actor call, as submitted (immutable)."""
+    task_id: bytes
+    name: str
+    fn_id: bytes
+    args: tuple                  # payload: (flags, inline or None, size)
+    deps: List[bytes]            # top-level refs, resolved before dispatch
+    contained: List[bytes]       # refs nested in the arguments, kept alive
+    returns_kind: int
+    num_returns: int             # for RETURNS_STATIC
+    max_retries: int             # an actor call: its actor's max_task_retries
+    retry_exceptions: object     # bool, or pickled tuple of classes (bytes)
+    num_cpus: float
+    memory: Optional[int]
+    backpressure: int            # 0: none
+    actor_id: Optional[bytes] = None
+    method: Optional[str] = None  # an actor call's method; "__init__" creates the actor
 
     def return_ids(self) -> List[bytes]:
         if self.returns_kind == protocol.RETURNS_STATIC:
@@ -51,15 +44,22 @@ class TaskSpec:
         """The id the arguments are stored under when they were too large to inline."""
         return ids.args_id(self.task_id) if self.args[1] is None else None
 
-    def to_message(self) -> Tuple:
-        return (protocol.SUBMIT, self.task_id, self.name, self.fn_id, self.args, self.deps,
-                self.contained, self.returns_kind, self.num_returns, self.max_retries,
-                self.retry_exceptions, self.num_cpus, self.memory, self.backpressure,
-                self.actor_id, self.method)
+    def to_wire(self) -> tuple:
+        return tuple(self)
 
     @classmethod
-    def from_message(cls, msg: Tuple) -> "TaskSpec":
-        return cls(*msg[1:])
+    def from_wire(cls, wire: tuple) -> "TaskSpec":
+        return cls._make(wire)
+
+    def outputs(self, client: object) -> Any:
+        """What ``.remote()`` returns for this spec, once submitted: an ObjectRefGenerator,
+        one ref, a list of refs, or None (``num_returns=0``)."""
+        if self.returns_kind == protocol.RETURNS_STREAMING:
+            return ObjectRefGenerator(self.task_id, _registered=True)
+        if self.returns_kind == protocol.RETURNS_DYNAMIC or self.num_returns == 1:
+            return ObjectRef._registered_with(ids.return_id(self.task_id, 0), client)
+        refs = [ObjectRef._registered_with(oid, client) for oid in self.return_ids()]
+        return refs if refs else None
 
 
 _NO_ARGS: Optional[tuple] = None

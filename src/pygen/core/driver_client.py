@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .. import ids, serialization
 from ..exceptions import GetTimeoutError, ObjectLostError, raisable
@@ -117,7 +117,7 @@ class DriverClient:
                     if not node.is_ready(oid):
                         node.on_ready(oid, waiter.fire)
         if sources is None:
-            node._run_callbacks()
+            node.run_callbacks()
             if not self._block(waiter.event, self._deadline(timeout)):
                 raise GetTimeoutError(f"get timed out after {timeout} s "
                                       f"({waiter.need} of {len(oids)} objects not ready)")
@@ -160,7 +160,7 @@ class DriverClient:
                 for key, ok in zip(keys, ready):
                     if not ok:
                         node.on_ready(key, waiter.fire)
-        node._run_callbacks()
+        node.run_callbacks()
         self._block(waiter.event, deadline)
         with node.lock:
             return [node.is_ready(k) for k in keys]
@@ -168,7 +168,7 @@ class DriverClient:
     def on_ready(self, oid: bytes, callback: Callable[[], None]) -> None:
         with self.node.lock:
             self.node.on_ready(oid, callback)
-        self.node._run_callbacks()
+        self.node.run_callbacks()
 
     # -- tasks --------------------------------------------------------------------------------------------
     def register_function(self, fn_id: bytes, blob: bytes) -> None:
@@ -188,19 +188,33 @@ class DriverClient:
             with node.lock:
                 done, oid = node.stream_take(task_id, DRIVER)
             if done:
-                node._run_callbacks()  # an ACK for a backpressured worker goes out now
+                node.run_callbacks()  # an ACK for a backpressured worker goes out now
                 return oid
             with node.lock:
                 waiter = _Waiter(1)
                 node.on_ready(ids.stream_id(task_id), waiter.fire)
             if deadline is None:
                 deadline = self._deadline(timeout)
-            node._run_callbacks()
+            node.run_callbacks()
             if not self._block(waiter.event, deadline):
                 raise GetTimeoutError(f"no item within {timeout} s")
 
     def stream_close(self, task_id: bytes) -> None:
         self.node.stream_close(task_id)
+
+    # -- actors -------------------------------------------------------------------------------------------
+    def create_actor(self, spec: Any, class_name: str, name: Optional[str], descriptor: bytes,
+                     options: Dict[str, Any], get_if_exists: bool) -> Tuple[bytes, bytes]:
+        return self.node.create_actor(spec, DRIVER, None, class_name, name, descriptor,
+                                      options, get_if_exists)
+
+    def get_actor(self, name: str) -> Optional[Tuple[bytes, bytes]]:
+        return self.node.find_actor(name)
+
+    def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
+        gone = threading.Event()
+        self.node.kill_actor(actor_id, no_restart, gone.set)
+        gone.wait()
 
     def close(self) -> None:
         self.closed = True

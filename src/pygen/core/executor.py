@@ -1,27 +1,37 @@
-"""Runs tasks inside a worker process and reports what they produce.
+"""Runs tasks and actor calls inside a worker process and reports what they produce.
 
-    EXEC --> load function --> resolve arguments --> call
-        plain value        --> RESULT (every return at once)
-        coroutine          --> run on the worker's event loop, then as above
+    Exec --> load function (or the actor's method) --> resolve arguments --> call
+        plain value        --> Result (every return at once)
+        coroutine          --> run on an event loop, then as above
         generator / async  --> per yield: serialize (the value is captured now), store,
-        generator              report ITEM, drop the value; then END with the return
+        generator              report Item, drop the value; then End with the return
                                value or the error
 
 Everything a generator produces is a task return that arrives early: the node maps
 item i to return i (``num_returns=k``) or to a new item ref (streaming, dynamic).
 
-Between two yields the executor reads the control channel without blocking: a CLOSE
-closes the generator at its ``yield`` (its ``finally`` runs), a CANCEL ends it with
+Plain tasks and a sync actor's calls run one at a time on the main thread, which also
+reads the control channel between them.  A threaded or async actor's calls run on its
+``ActorHost`` (``actor_host``): several at once, each with its own ``calls.Call`` in a
+context variable.
+
+At each yield the executor checks the control sets without blocking: a Close closes the
+generator at its ``yield`` (its ``finally`` runs), a Cancel ends it with
 ``TaskCancelledError``, and with ``generator_backpressure=N`` it waits at the ``yield``
 while N items are produced but not yet taken by the caller.
 
-Cancellation of running code: the node sends CANCEL and then SIGUSR2.  The signal
-interrupts blocking calls (``time.sleep``); its handler raises ``TaskCancelledError`` in
-the task's own code, but never inside the runtime's (there the request loop sees the
-CANCEL and raises at a safe point).
+Cancellation of running code: the node sends Cancel and then SIGUSR2.  The signal
+interrupts blocking calls (``time.sleep``) of the main thread; its handler raises
+``TaskCancelledError`` in the call's own code (never inside the runtime's: there the
+request loop sees the Cancel and raises at a safe point).  A call running on another
+thread gets the exception asynchronously (``PyThreadState_SetAsyncExc``) at its next
+Python instruction; one on an event loop has its asyncio task cancelled.
 """
 from __future__ import annotations
 
+import ctypes
+import heapq
+import itertools
 import os
 import pickle
 import signal
@@ -35,27 +45,25 @@ import cloudpickle
 from .. import ids, serialization
 from ..exceptions import (InconsistentRetryError, RemoteExceptionInfo, TaskCancelledError,
                           TaskError)
-from . import output, protocol
+from . import calls, output, protocol
+from .calls import Call
 from .protocol import DepArg
 from .transport import IDLE_SPIN_SECONDS
 from .worker_client import WorkerClient
 
+_GENERATOR_TYPES = (types.GeneratorType, types.AsyncGeneratorType)
 
-class Running:
-    """The task this worker is executing now."""
+# How often a running generator reads its control channel between yields.  Close and
+# Cancel do not wait for it: they come with SIGUSR2, whose handler reads them at once, so
+# the check at each yield is a set lookup; this read only picks up Acks and stragglers.
+CONTROL_CHECK_INTERVAL = 0.001
 
-    __slots__ = ("task_id", "attempt", "fn_id", "name", "kind", "num_returns", "skip",
-                 "backpressure", "retry_exceptions", "in_user", "async_task", "cancelled",
-                 "started")
 
-    def __init__(self, msg: tuple) -> None:
-        (_, self.task_id, self.attempt, self.fn_id, _blob, self.name, _args, _deps, self.kind,
-         self.num_returns, self.skip, self.backpressure, retry_exc) = msg[:13]
-        self.started = time.perf_counter()
-        self.retry_exceptions = retry_exc
-        self.in_user = False
-        self.async_task: Any = None  # the asyncio.Task of a coroutine task
-        self.cancelled = False
+class _AsyncCancel(TaskCancelledError):
+    """Raised asynchronously in a thread whose call was cancelled (no arguments possible)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*(args or ("the call was cancelled",)))
 
 
 class Executor:
@@ -63,61 +71,87 @@ class Executor:
         self.client = client
         self.pid = os.getpid()
         self.functions: Dict[bytes, Any] = {}
-        self.current: Optional[Running] = None
+        self.running: Dict[bytes, Call] = {}   # task id -> call, for cancellation
         self.cancelled: set = set()
         self.closing: set = set()
         self.acks: Dict[bytes, int] = {}
         self.exiting = False
-        self._loop: Any = None  # asyncio loop, made on first use (asyncio is not imported before)
+        self.main_thread = threading.get_ident()
+        self.host: Any = None   # the ActorHost once this worker became an actor
+        self._loop: Any = None  # asyncio loop of plain async tasks (asyncio imported late)
         self.flusher = _Flusher()
         client.on_control = self.on_control
         client.check_cancelled = self.check_cancelled
 
     # -- control messages -----------------------------------------------------------------
-    def on_control(self, msg: tuple) -> None:
-        kind = msg[0]
-        if kind == protocol.EXEC:
+    def on_control(self, msg: Any) -> None:
+        kind = type(msg)
+        if kind is protocol.Exec or kind is protocol.StartActor:
             self.client.inbox.append(msg)
-        elif kind == protocol.RECLAIM:
+        elif kind is protocol.Ack:
+            if msg.consumed > self.acks.get(msg.task_id, 0):
+                self.acks[msg.task_id] = msg.consumed
+                if self.host is not None:
+                    self.host.wake_generator(msg.task_id)
+        elif kind is protocol.Cancel:
+            self.cancelled.add(msg.task_id)
+            self._deliver_cancels(in_signal_handler=False)
+        elif kind is protocol.Close:
+            self.closing.add(msg.task_id)
+            if self.host is not None:
+                self.host.wake_generator(msg.task_id)
+        elif kind is protocol.Reclaim:
             # the node takes back tasks queued here that have not started
-            wanted = set(msg[1])
+            wanted = set(msg.task_ids)
             inbox = self.client.inbox
-            given = [m[1] for m in inbox if m[0] == protocol.EXEC and m[1] in wanted]
+            given = [m.task_id for m in inbox if type(m) is protocol.Exec and m.task_id in wanted]
             if given:
-                kept = [m for m in inbox if not (m[0] == protocol.EXEC and m[1] in wanted)]
+                kept = [m for m in inbox
+                        if not (type(m) is protocol.Exec and m.task_id in wanted)]
                 inbox.clear()
                 inbox.extend(kept)
             # this may run in the signal handler: send only if no runtime code was
             # interrupted (it may hold the send lock); otherwise it goes with the next send
-            self.client.send_soon((protocol.RECLAIMED, given))
-        elif kind == protocol.CANCEL:
-            self.cancelled.add(msg[1])
-        elif kind == protocol.ACK:
-            if msg[2] > self.acks.get(msg[1], 0):
-                self.acks[msg[1]] = msg[2]
-        elif kind == protocol.CLOSE:
-            self.closing.add(msg[1])
-        elif kind == protocol.EXIT:
+            self.client.send_soon(protocol.Reclaimed(given))
+        elif kind is protocol.Exit:
             self.exiting = True
 
-    def check_cancelled(self) -> None:
-        """Raise ``TaskCancelledError`` if the running task was cancelled."""
-        state = self.current
-        if state is not None and state.task_id in self.cancelled and not state.cancelled:
-            state.cancelled = True
-            raise TaskCancelledError(f"task {state.name} was cancelled")
+    def check_cancelled(self, call: Optional[Call] = None) -> None:
+        """Raise ``TaskCancelledError`` if ``call`` (default: the caller's) was cancelled."""
+        call = call or calls.current()
+        if call is not None and call.task_id in self.cancelled and not call.cancelled:
+            call.cancelled = True
+            raise TaskCancelledError(f"task {call.name} was cancelled")
 
     def on_cancel_signal(self, signum: int, frame: Any) -> None:
+        # takes the Cancel, unless a thread of ours is reading now (that thread delivers it)
+        self.client.read_available()
+        self._deliver_cancels(in_signal_handler=True)
+
+    def _deliver_cancels(self, in_signal_handler: bool) -> None:
+        """Raise ``TaskCancelledError`` in every running call that was cancelled.
+
+        Not inside runtime code (the request loop raises at its next safe point), and on
+        the main thread only from the signal handler, which interrupted it where it was.
+        """
         client = self.client
-        client.read_available()  # takes the CANCEL, unless a thread of ours is reading now
-        state = self.current
-        if state is None or state.task_id not in self.cancelled:
-            return
-        if state.async_task is not None and self._loop is not None:
-            self._loop.call_soon_threadsafe(state.async_task.cancel)
-        elif state.in_user and client.busy == 0 and not state.cancelled:
-            state.cancelled = True
-            raise TaskCancelledError(f"task {state.name} was cancelled")
+        for task_id in list(self.cancelled):
+            call = self.running.get(task_id)
+            if call is None or call.cancelled:
+                continue
+            if call.async_task is not None:
+                loop = call.async_task.get_loop()
+                loop.call_soon_threadsafe(call.async_task.cancel)
+            elif not call.in_user or client.busy_in(call.thread):
+                continue
+            elif call.thread == self.main_thread:
+                if in_signal_handler and threading.get_ident() == self.main_thread:
+                    call.cancelled = True
+                    raise TaskCancelledError(f"task {call.name} was cancelled")
+            else:
+                call.cancelled = True
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(call.thread),
+                                                           ctypes.py_object(_AsyncCancel))
 
     # -- the loop -----------------------------------------------------------------------------
     def serve_forever(self) -> None:
@@ -125,73 +159,97 @@ class Executor:
         spin = IDLE_SPIN_SECONDS
         while not self.exiting:
             if inbox:
-                self.execute(inbox.popleft())
+                msg = inbox.popleft()
+                if type(msg) is protocol.StartActor:
+                    from .actor_host import start_actor
+
+                    self.host = start_actor(self, msg)
+                elif self.host is not None:
+                    self.host.submit(msg)
+                else:
+                    self.execute(msg)
                 spin = IDLE_SPIN_SECONDS
                 continue
             self.client.flush()
             self.client.pump(1.0, spin)
             spin = 0.0  # still idle a second later: sleep without polling
+        if self.host is not None:
+            self.host.stop()
 
-    def _report(self, state: Running, msg: tuple) -> None:
-        """Send a task's result; batch it while short tasks wait in the inbox.
+    def report(self, call: Call, msg: Any) -> None:
+        """Send a call's Result or End; batch it while short tasks wait in the inbox.
 
         The node queues a task here only when its function is short, so holding a result
         back until the inbox is empty delays it by at most a few short tasks.
         """
-        seconds = time.perf_counter() - state.started
         inbox = self.client.inbox
-        self.client.send(msg + (seconds,), flush=not inbox or len(inbox) > 64)
+        flush = not inbox or len(inbox) > 64 or call.thread != self.main_thread
+        self.client.send(msg, flush=flush)
 
-    def execute(self, msg: tuple) -> None:
-        state = Running(msg)
-        self.current = state
-        output.set_task_name(state.name)
+    def execute(self, msg: protocol.Exec, target: Any = None) -> None:
+        """Run one task (or, with ``target``, one call of the actor ``target``) here."""
+        call = Call.of(msg)
+        token = calls.enter(call)
+        self.running[call.task_id] = call
+        if target is None:
+            output.set_task_name(call.name)
         try:
-            self._execute(state, msg)
+            self._execute(call, msg, target)
         finally:
-            self.current = None
-            self.cancelled.discard(state.task_id)
-            self.closing.discard(state.task_id)
-            self.acks.pop(state.task_id, None)
+            self._forget(call)
+            calls.leave(token)
 
-    def _execute(self, state: Running, msg: tuple) -> None:
-        fn_id, blob, args_payload, deps = msg[3], msg[4], msg[6], msg[7]
-        if state.task_id in self.cancelled:  # cancelled while it waited in the inbox
-            state.cancelled = True
-            self._fail(state, TaskCancelledError(f"task {state.name} was cancelled"))
-            return
+    def _forget(self, call: Call) -> None:
+        self.running.pop(call.task_id, None)
+        self.cancelled.discard(call.task_id)
+        self.closing.discard(call.task_id)
+        self.acks.pop(call.task_id, None)
+
+    def prepare(self, call: Call, msg: protocol.Exec, target: Any) -> Any:
+        """(fn, args, kwargs) of a call, or None if it already failed (reported)."""
+        if call.task_id in self.cancelled:  # cancelled while it waited to start
+            call.cancelled = True
+            self.fail(call, TaskCancelledError(f"task {call.name} was cancelled"))
+            return None
         try:
-            fn = self.functions.get(fn_id)
-            if fn is None:
-                fn = self.functions[fn_id] = cloudpickle.loads(blob)
-            args, kwargs = self._resolve_args(state.task_id, args_payload, deps)
+            if target is not None:
+                fn = getattr(target, msg.method)
+            else:
+                fn = self.functions.get(msg.fn_id)
+                if fn is None:
+                    fn = self.functions[msg.fn_id] = cloudpickle.loads(msg.blob)
+            args, kwargs = self.resolve_args(call.task_id, msg.args, msg.deps)
         except BaseException as exc:
-            self._fail(state, exc)
+            self.fail(call, exc)
+            return None
+        return fn, args, kwargs
+
+    def _execute(self, call: Call, msg: protocol.Exec, target: Any) -> None:
+        prepared = self.prepare(call, msg, target)
+        if prepared is None:
             return
+        fn, args, kwargs = prepared
+        del prepared
         try:
-            state.in_user = True
+            call.in_user = True
             try:
-                self.check_cancelled()
+                self.check_cancelled(call)
                 result = fn(*args, **kwargs)
                 del args, kwargs
                 if type(result) is types.CoroutineType:
-                    result = self._run_coroutine(state, result)
+                    result = self._run_coroutine(call, result)
             finally:
-                state.in_user = False
+                call.in_user = False
         except BaseException as exc:
-            self._fail(state, exc)
+            self.fail(call, exc)
             return
         if type(result) in _GENERATOR_TYPES:
-            self._run_generator(state, result)
-        elif state.kind != protocol.RETURNS_STATIC:
-            kind = "streaming" if state.kind == protocol.RETURNS_STREAMING else "dynamic"
-            self._fail(state, TypeError(
-                f"num_returns={kind!r} needs a generator function, but {state.name} "
-                f"returned {type(result).__name__}"))
+            self._run_generator(call, result)
         else:
-            self._finish_static(state, result)
+            self.finish_plain(call, result)
 
-    def _resolve_args(self, task_id: bytes, payload: tuple, deps: List[tuple]) -> Tuple[list, dict]:
+    def resolve_args(self, task_id: bytes, payload: tuple,
+                     deps: List[tuple]) -> Tuple[list, dict]:
         _, (args, kwargs) = self.client.decode(ids.args_id(task_id), payload)
         if deps:
             values = [self.client.decode(oid, dep_payload)[1] for oid, dep_payload in deps]
@@ -199,17 +257,17 @@ class Executor:
             kwargs = {k: values[v.index] if type(v) is DepArg else v for k, v in kwargs.items()}
         return args, kwargs
 
-    def _run_coroutine(self, state: Running, coro: Any) -> Any:
+    def _run_coroutine(self, call: Call, coro: Any) -> Any:
         import asyncio
 
         loop = self._event_loop()
-        task = state.async_task = loop.create_task(coro)
+        task = call.async_task = loop.create_task(coro)
         try:
             return loop.run_until_complete(task)
         except asyncio.CancelledError:
-            raise TaskCancelledError(f"task {state.name} was cancelled") from None
+            raise TaskCancelledError(f"task {call.name} was cancelled") from None
         finally:
-            state.async_task = None
+            call.async_task = None
 
     def _event_loop(self) -> Any:
         if self._loop is None:
@@ -220,8 +278,15 @@ class Executor:
         return self._loop
 
     # -- results -------------------------------------------------------------------------------
-    def _finish_static(self, state: Running, result: Any) -> None:
-        k = state.num_returns
+    def finish_plain(self, call: Call, result: Any) -> None:
+        """Report a call that returned a value (not a generator)."""
+        if call.kind != protocol.RETURNS_STATIC:
+            kind = "streaming" if call.kind == protocol.RETURNS_STREAMING else "dynamic"
+            self.fail(call, TypeError(
+                f"num_returns={kind!r} needs a generator function, but {call.name} "
+                f"returned {type(result).__name__}"))
+            return
+        k = call.num_returns
         if k == 0:
             values: Any = []
         elif k == 1:
@@ -233,30 +298,32 @@ class Executor:
                 values = None
             if values is None or len(values) != k:
                 got = "a non-sequence" if values is None else f"{len(values)} values"
-                self._fail(state, ValueError(
-                    f"task {state.name} has num_returns={k} but returned {got}"))
+                self.fail(call, ValueError(
+                    f"task {call.name} has num_returns={k} but returned {got}"))
                 return
         returns = []
         try:
             for i, value in enumerate(values):
-                payload, contained = self.client.encode(value, ids.return_id(state.task_id, i))
+                payload, contained = self.client.encode(value, ids.return_id(call.task_id, i))
                 returns.append((i, payload, contained))
         except BaseException as exc:  # e.g. an unpicklable return value
-            self._fail(state, _could_not_store(exc, f"the return value of task {state.name}"))
+            self.fail(call, _could_not_store(exc, f"the return value of task {call.name}"))
             return
         del values, result
-        self._report(state, (protocol.RESULT, state.task_id, state.attempt, returns, False))
+        self.report(call, protocol.Result(call.task_id, call.attempt, returns, False,
+                                          time.perf_counter() - call.started))
 
-    def _error_payload(self, state: Running, exc: BaseException) -> Tuple[tuple, bool]:
+    def error_payload(self, call: Call, exc: BaseException) -> Tuple[tuple, bool]:
         """Encode the error for ``exc`` (always inline) and whether it may be retried."""
-        if isinstance(exc, TaskCancelledError) and state.cancelled:
-            err: BaseException = exc
+        if isinstance(exc, TaskCancelledError) and call.cancelled:
+            err: BaseException = (TaskCancelledError(f"task {call.name} was cancelled")
+                                  if isinstance(exc, _AsyncCancel) else exc)
             retryable = False
         elif isinstance(exc, (TaskError, InconsistentRetryError)):
             err, retryable = exc, False
         else:
-            err = TaskError.from_exception(state.name, exc, self.pid)
-            retryable = _matches(state.retry_exceptions, exc)
+            err = TaskError.from_exception(call.name, exc, self.pid)
+            retryable = _matches(call.retry_exceptions, exc)
         try:
             sv = serialization.serialize(err, error=True)
             serialization.deserialize(sv.to_bytes())  # some pickle but cannot be rebuilt
@@ -265,107 +332,55 @@ class Executor:
             stand_in = RemoteExceptionInfo(f"{type(exc).__module__}.{type(exc).__qualname__}",
                                            str(exc))
             tb = err.traceback_str if isinstance(err, TaskError) else ""
-            sv = serialization.serialize(TaskError(state.name, tb, stand_in, self.pid), error=True)
+            sv = serialization.serialize(TaskError(call.name, tb, stand_in, self.pid), error=True)
         return (sv.flags, sv.to_bytes(), sv.total_size), retryable
 
-    def _fail(self, state: Running, exc: BaseException) -> None:
-        payload, retryable = self._error_payload(state, exc)
-        if state.kind == protocol.RETURNS_STATIC:
-            returns = [(i, payload, []) for i in range(state.num_returns)]
-            self._report(state, (protocol.RESULT, state.task_id, state.attempt, returns,
-                                 retryable))
+    def fail(self, call: Call, exc: BaseException) -> None:
+        payload, retryable = self.error_payload(call, exc)
+        seconds = time.perf_counter() - call.started
+        if call.kind == protocol.RETURNS_STATIC:
+            returns = [(i, payload, []) for i in range(call.num_returns)]
+            self.report(call, protocol.Result(call.task_id, call.attempt, returns, retryable,
+                                              seconds))
         else:
-            end = protocol.END_CANCELLED if state.cancelled else protocol.END_RAISED
-            self._report(state, (protocol.END, state.task_id, state.attempt, 0, payload, [],
-                                 retryable, end))
+            end = protocol.END_CANCELLED if call.cancelled else protocol.END_RAISED
+            self.report(call, protocol.End(call.task_id, call.attempt, 0, payload, [],
+                                           retryable, end, seconds))
 
     # -- generators ------------------------------------------------------------------------------
-    def _run_generator(self, state: Running, gen: Any) -> None:
-        is_async = type(gen) is types.AsyncGeneratorType
-        static = state.kind == protocol.RETURNS_STATIC
-        k = state.num_returns
-        index = 0
-        held: Optional[tuple] = None  # static: the k-th value, reported once the end is known
-        too_many = False
-        outcome: Tuple[int, Any] = (protocol.END_RETURNED, None)
-        client = self.client
-        batch = _ItemBatcher(client, state, self.flusher)
-        next_check = 0.0
+    def _run_generator(self, call: Call, gen: Any) -> None:
+        """Drive a generator on this thread (an async one on this worker's event loop)."""
+        run = GeneratorRun(self, call, gen)
+        is_async = run.is_async
         while True:
-            # control point: the generator is paused at a yield (or has not started)
-            now = time.perf_counter()
-            if now >= next_check:
-                next_check = now + CONTROL_CHECK_INTERVAL
-                client.read_available()
-            if state.task_id in self.closing:
+            if run.at_yield():
                 self._close_gen(gen, is_async)
-                outcome = (protocol.END_CLOSED, None)
                 break
+            run.before_step()
             try:
-                self.check_cancelled()
-            except TaskCancelledError as exc:
-                self._close_gen(gen, is_async)
-                outcome = (protocol.END_CANCELLED, exc)
-                break
-            batch.before_step()
-            try:
-                state.in_user = True
+                call.in_user = True
                 try:
                     if is_async:
-                        value = self._run_coroutine(state, gen.__anext__())
+                        value = self._run_coroutine(call, gen.__anext__())
                     else:
                         value = next(gen)
                 finally:
-                    state.in_user = False
-            except (StopIteration, StopAsyncIteration) as stop:
-                outcome = (protocol.END_RETURNED, getattr(stop, "value", None))
-                break
-            except TaskCancelledError as exc:
-                outcome = (protocol.END_CANCELLED if state.cancelled else protocol.END_RAISED, exc)
-                break
+                    call.in_user = False
             except BaseException as exc:
-                outcome = (protocol.END_RAISED, exc)
+                run.stopped(exc)
                 break
-            batch.after_step()
-            if index < state.skip:  # a retry: this item was handed out by an earlier attempt
-                index += 1
-                value = None
-                continue
-            if static and index >= k:
+            if run.accept(value):
                 self._close_gen(gen, is_async)
-                too_many = True
-                outcome = (protocol.END_RAISED, ValueError(
-                    f"task {state.name} has num_returns={k} but its generator yielded more "
-                    f"than {k} values"))
-                break
-            oid = (ids.return_id(state.task_id, index) if static
-                   else ids.item_id(state.task_id, index, state.attempt))
-            try:
-                payload, contained = client.encode(value, oid)
-            except BaseException as exc:  # unpicklable item, store full: the stream ends here
-                self._close_gen(gen, is_async)
-                outcome = (protocol.END_RAISED,
-                           _could_not_store(exc, f"item {index} of generator task {state.name}"))
                 break
             value = None  # the worker's copy is dropped as soon as the item is stored
-            if static and index == k - 1:
-                held = (oid, payload, contained)
-            else:
-                batch.write(index, payload, contained)
-            index += 1
-            if state.backpressure:
-                batch.flush()
-                self._wait_for_consumer(state, index)
-        batch.flush()
-        self._end_generator(state, index, outcome, None if too_many else held)
-        if too_many and held is not None and held[1][1] is None:
-            client.store.delete(held[0])  # stored, never reported: nobody can see it
+            if run.must_wait():
+                run.batch.flush()
+                self._wait_for_consumer(run)
+        run.finish()
 
-    def _wait_for_consumer(self, state: Running, produced: int) -> None:
+    def _wait_for_consumer(self, run: "GeneratorRun") -> None:
         """Pause at the yield while ``backpressure`` items are produced but not taken."""
-        while (produced - self.acks.get(state.task_id, 0) >= state.backpressure
-               and state.task_id not in self.closing and state.task_id not in self.cancelled
-               and not self.exiting):
+        while run.must_wait():
             self.client.pump(None)
 
     def _close_gen(self, gen: Any, is_async: bool) -> None:
@@ -377,45 +392,135 @@ class Executor:
         except BaseException:
             pass  # an error in a finally block during close has nowhere to go but the end
 
-    def _end_generator(self, state: Running, count: int, outcome: Tuple[int, Any],
-                       held: Optional[tuple]) -> None:
+    def end_generator(self, call: Call, count: int, outcome: Tuple[int, Any],
+                      held: Optional[tuple]) -> None:
         """Report the end: the return value (the completion's value) or the error.
 
         For ``num_returns=k`` the k-th value (``held``) is reported only now that no
         (k+1)-th follows.  A generator that raises after exactly k values still delivers
         all k (SPEC §4.1 gives refs an error only for fewer or more values); its error
-        goes with END, which records the task as failed.
+        goes with End, which records the task as failed.
         """
         end_kind, value = outcome
         payload: Optional[tuple] = None
         contained: list = []
         retryable = False
-        if state.kind == protocol.RETURNS_STATIC:
-            if end_kind == protocol.END_RETURNED and count < state.num_returns:
+        if call.kind == protocol.RETURNS_STATIC:
+            if end_kind == protocol.END_RETURNED and count < call.num_returns:
                 end_kind, value = protocol.END_RAISED, ValueError(
-                    f"task {state.name} has num_returns={state.num_returns} but its generator "
+                    f"task {call.name} has num_returns={call.num_returns} but its generator "
                     f"yielded only {count} values")
             if held is not None:
-                self.client.send((protocol.ITEM, state.task_id, state.attempt,
-                                  state.num_returns - 1, held[1], held[2]))
+                self.client.send(protocol.Item(call.task_id, call.attempt, call.num_returns - 1,
+                                               held[1], held[2]))
         elif end_kind == protocol.END_RETURNED:
             try:
-                payload, contained = self.client.encode(value, ids.completion_id(state.task_id))
+                payload, contained = self.client.encode(value, ids.completion_id(call.task_id))
             except BaseException as exc:  # an unpicklable return value
                 end_kind, value = protocol.END_RAISED, _could_not_store(
-                    exc, f"the return value of generator task {state.name}")
+                    exc, f"the return value of generator task {call.name}")
         if end_kind in (protocol.END_RAISED, protocol.END_CANCELLED):
-            payload, retryable = self._error_payload(state, value)
-        self._report(state, (protocol.END, state.task_id, state.attempt, count, payload,
-                             contained, retryable, end_kind))
+            payload, retryable = self.error_payload(call, value)
+        self.report(call, protocol.End(call.task_id, call.attempt, count, payload, contained,
+                                       retryable, end_kind, time.perf_counter() - call.started))
 
 
-_GENERATOR_TYPES = (types.GeneratorType, types.AsyncGeneratorType)
+class GeneratorRun:
+    """One generator call being driven: what is decided at each yield, for every driver
+    (the sync loop here, the asyncio one of an async actor)."""
 
-# How often a running generator reads its control channel between yields.  CLOSE and
-# CANCEL do not wait for it: they come with SIGUSR2, whose handler reads them at once, so
-# the check at each yield is a set lookup; this read only picks up ACKs and stragglers.
-CONTROL_CHECK_INTERVAL = 0.001
+    __slots__ = ("ex", "call", "client", "is_async", "static", "k", "index", "held",
+                 "too_many", "outcome", "batch", "next_check")
+
+    def __init__(self, ex: Executor, call: Call, gen: Any) -> None:
+        self.ex = ex
+        self.call = call
+        self.client = ex.client
+        self.is_async = type(gen) is types.AsyncGeneratorType
+        self.static = call.kind == protocol.RETURNS_STATIC
+        self.k = call.num_returns
+        self.index = 0
+        self.held: Optional[tuple] = None  # static: the k-th value, reported at the end
+        self.too_many = False
+        self.outcome: Tuple[int, Any] = (protocol.END_RETURNED, None)
+        self.batch = _ItemBatcher(ex.client, call, ex.flusher)
+        self.next_check = 0.0
+
+    def at_yield(self) -> bool:
+        """The generator is paused at a yield (or has not started): True if it must stop
+        (closed, cancelled) -- the driver closes it then."""
+        call = self.call
+        now = time.perf_counter()
+        if now >= self.next_check:
+            self.next_check = now + CONTROL_CHECK_INTERVAL
+            self.client.read_available()
+        if call.task_id in self.ex.closing:
+            self.outcome = (protocol.END_CLOSED, None)
+            return True
+        try:
+            self.ex.check_cancelled(call)
+        except TaskCancelledError as exc:
+            self.outcome = (protocol.END_CANCELLED, exc)
+            return True
+        return False
+
+    def before_step(self) -> None:
+        self.batch.before_step()
+
+    def stopped(self, exc: BaseException) -> None:
+        """The step raised: how the generator ended."""
+        if isinstance(exc, (StopIteration, StopAsyncIteration)):
+            self.outcome = (protocol.END_RETURNED, getattr(exc, "value", None))
+        elif isinstance(exc, TaskCancelledError):
+            self.outcome = (protocol.END_CANCELLED if self.call.cancelled
+                            else protocol.END_RAISED, exc)
+        else:
+            self.outcome = (protocol.END_RAISED, exc)
+
+    def accept(self, value: Any) -> bool:
+        """Store and report a yielded value; True if the generator must stop here (the
+        driver closes it then)."""
+        self.batch.after_step()
+        call = self.call
+        index = self.index
+        if index < call.skip:  # a retry: this item was handed out by an earlier attempt
+            self.index += 1
+            return False
+        if self.static and index >= self.k:
+            self.too_many = True
+            self.outcome = (protocol.END_RAISED, ValueError(
+                f"task {call.name} has num_returns={self.k} but its generator yielded more "
+                f"than {self.k} values"))
+            return True
+        oid = (ids.return_id(call.task_id, index) if self.static
+               else ids.item_id(call.task_id, index, call.attempt))
+        try:
+            payload, contained = self.client.encode(value, oid)
+        except BaseException as exc:  # unpicklable item, store full: the stream ends here
+            self.outcome = (protocol.END_RAISED,
+                            _could_not_store(exc, f"item {index} of generator task {call.name}"))
+            return True
+        if self.static and index == self.k - 1:
+            self.held = (oid, payload, contained)
+        else:
+            self.batch.write(index, payload, contained)
+        self.index += 1
+        return False
+
+    def must_wait(self) -> bool:
+        """Backpressure: ``backpressure`` items are produced and not taken yet."""
+        call, ex = self.call, self.ex
+        return bool(call.backpressure) and self.index > call.skip and (
+            self.index - ex.acks.get(call.task_id, 0) >= call.backpressure
+            and call.task_id not in ex.closing and call.task_id not in ex.cancelled
+            and not ex.exiting)
+
+    def finish(self) -> None:
+        self.batch.flush()
+        held = None if self.too_many else self.held
+        self.ex.end_generator(self.call, self.index, self.outcome, held)
+        if self.too_many and self.held is not None and self.held[1][1] is None:
+            self.client.store.delete(self.held[0])  # stored, never reported: nobody sees it
 
 
 class _ItemBatcher:
@@ -423,7 +528,7 @@ class _ItemBatcher:
 
     A write wakes the driver (20-300 us here); a generator that yields every few
     microseconds would spend most of its time on that.  While the last step took less
-    than FAST_STEP, items are gathered and written as one ITEMS message when MAX_ITEMS
+    than FAST_STEP, items are gathered and written as one Items message when MAX_ITEMS
     are gathered or the first of them is MAX_DELAY old -- by the ``_Flusher`` thread if
     the generator is busy or blocked in its next step then, so no item waits longer.
     The first item always goes out at once (time to first item matters).  Every write
@@ -434,12 +539,12 @@ class _ItemBatcher:
     MAX_ITEMS = 64
     MAX_DELAY = 0.001
 
-    __slots__ = ("client", "state", "flusher", "lock", "items", "first_at", "step_started",
+    __slots__ = ("client", "call", "flusher", "lock", "items", "first_at", "step_started",
                  "last_step", "sent_any")
 
-    def __init__(self, client: WorkerClient, state: Running, flusher: "_Flusher") -> None:
+    def __init__(self, client: WorkerClient, call: Call, flusher: "_Flusher") -> None:
         self.client = client
-        self.state = state
+        self.call = call
         self.flusher = flusher
         self.lock = threading.Lock()
         self.items: list = []
@@ -473,47 +578,54 @@ class _ItemBatcher:
 
     def _flush_locked(self) -> None:
         items, self.items = self.items, []
+        call = self.call
         if len(items) == 1:
             index, payload, contained = items[0]
-            self.client.send((protocol.ITEM, self.state.task_id, self.state.attempt, index,
-                              payload, contained))
+            self.client.send(protocol.Item(call.task_id, call.attempt, index, payload,
+                                           contained))
         elif items:
-            self.client.send((protocol.ITEMS, self.state.task_id, self.state.attempt, items))
+            self.client.send(protocol.Items(call.task_id, call.attempt, items))
 
 
 class _Flusher:
-    """A thread that writes a batch of items that has waited long enough.
+    """A thread that writes batches of items that have waited long enough.
 
-    It sleeps until a batch is due; a generator step that blocks (sleep, I/O, a lock)
-    releases the GIL, so the items gathered before it go out within MAX_DELAY.
+    It sleeps until the earliest batch is due; a generator step that blocks (sleep, I/O,
+    a lock) releases the GIL, so the items gathered before it go out within MAX_DELAY.
+    Several generators (an actor's concurrent calls) may have batches waiting at once.
     """
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
-        self._due: Optional[Tuple[_ItemBatcher, float]] = None
+        self._due: List[Tuple[float, int, _ItemBatcher]] = []   # a heap by deadline
+        self._scheduled: set = set()
+        self._seq = itertools.count()
         self._thread: Optional[threading.Thread] = None
 
     def schedule(self, batcher: _ItemBatcher, deadline: float) -> None:
         with self._cond:
-            if self._due is not None and self._due[0] is batcher:
+            if id(batcher) in self._scheduled:
                 return
-            self._due = (batcher, deadline)
+            self._scheduled.add(id(batcher))
+            heapq.heappush(self._due, (deadline, next(self._seq), batcher))
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="pygen-flusher", daemon=True)
+                self._thread = threading.Thread(target=self._run, name="pygen-flusher",
+                                                daemon=True)
                 self._thread.start()
             self._cond.notify()
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                while self._due is None:
+                while not self._due:
                     self._cond.wait()
-                batcher, deadline = self._due
+                deadline, _, batcher = self._due[0]
                 left = deadline - time.perf_counter()
                 if left > 0:
                     self._cond.wait(left)
                     continue
-                self._due = None
+                heapq.heappop(self._due)
+                self._scheduled.discard(id(batcher))
             batcher.flush()
 
 
@@ -548,4 +660,4 @@ def install_cancel_signal(executor: Executor) -> None:
     signal.siginterrupt(signal.SIGUSR2, True)
 
 
-__all__ = ["Executor", "install_cancel_signal", "threading", "InconsistentRetryError"]
+__all__ = ["Executor", "GeneratorRun", "install_cancel_signal"]

@@ -1,17 +1,25 @@
-"""What ``pygen.state`` shows: tasks, objects and the store, as plain dicts."""
+"""What ``pygen.state`` shows: tasks, objects, actors and the store, as plain dicts.
+Snapshots taken under the node's lock."""
 from __future__ import annotations
 
-from typing import List
+from typing import TYPE_CHECKING, List
 
 from .. import ids
-from . import protocol
-from .tasks import Task
+from .tasks import Task, returns_label
+
+if TYPE_CHECKING:
+    from .node import Node
+
+# ids that name no value: what generators and actor handles count on
+_HANDLE_KINDS = (ids.KIND_STREAM, ids.KIND_ACTOR)
 
 
 class Introspection:
-    """Part of ``Node``: snapshots taken under its lock."""
+    def __init__(self, node: "Node") -> None:
+        self.node = node
 
-    def _describe_task(self, task: Task) -> dict:
+    @staticmethod
+    def _describe_task(task: Task) -> dict:
         return {
             "task_id": task.spec.task_id.hex(),
             "name": task.spec.name,
@@ -20,33 +28,36 @@ class Introspection:
             "worker_pid": task.worker.pid if task.worker is not None else None,
             "cancelled": task.cancelled,
             "error": task.error,
-            "num_returns": (task.spec.num_returns
-                            if task.spec.returns_kind == protocol.RETURNS_STATIC else
-                            "dynamic" if task.spec.returns_kind == protocol.RETURNS_DYNAMIC
-                            else "streaming"),
+            "num_returns": returns_label(task.spec),
         }
 
     def list_tasks(self) -> List[dict]:
-        with self.lock:
-            return ([self._describe_task(t) for t, _ in self.finished] +
-                    [self._describe_task(t) for t in self.tasks.values()])
+        node = self.node
+        with node.lock:
+            finished = [dict(f._asdict(), worker_pid=None) for f in node.tasks.history]
+            return finished + [self._describe_task(t) for t in node.tasks.values()]
+
+    def list_actors(self) -> List[dict]:
+        with self.node.lock:
+            return self.node.actors.describe_all()
 
     def list_objects(self) -> List[dict]:
-        with self.lock:
+        node = self.node
+        with node.lock:
             out = []
-            for entry in self.objects.entries.values():
-                if ids.kind_of(entry.oid) == ids.KIND_STREAM:
+            for entry in node.objects.entries.values():
+                if ids.kind_of(entry.oid) in _HANDLE_KINDS:
                     continue
-                desc = self.objects.describe(entry)
-                desc["driver_refs"] = self.driver_refs.get(entry.oid, 0)
-                info = self.store.info(entry.oid) if entry.in_store else None
+                desc = node.objects.describe(entry)
+                desc["driver_refs"] = node.driver_refs.get(entry.oid, 0)
+                info = node.store.info(entry.oid) if entry.in_store else None
                 desc["zero_copy_views"] = len(info["pinned_slots"]) if info else 0
                 out.append(desc)
             # No ref keeps these any more, but a zero-copy view still pins the memory.
-            for oid in self.store.list_ids():
-                if oid in self.objects.entries:
+            for oid in node.store.list_ids():
+                if oid in node.objects.entries:
                     continue
-                info = self.store.info(oid)
+                info = node.store.info(oid)
                 if info is None or not info["delete_pending"]:
                     continue
                 out.append({"id": oid.hex(), "kind": "released", "state": "released",
@@ -57,12 +68,14 @@ class Introspection:
             return out
 
     def store_stats(self) -> dict:
-        with self.lock:
-            stats = dict(self.store.stats())
-            spilled = [e for e in self.objects.entries.values() if e.spilled is not None]
+        node = self.node
+        with node.lock:
+            stats = dict(node.store.stats())
+            entries = node.objects.entries.values()
+            spilled = [e for e in entries if e.spilled is not None]
             stats["spilled_objects"] = len(spilled)
             stats["spilled_bytes"] = sum(e.spilled[1] + e.spilled[2] for e in spilled)
-            stats["spill_file_bytes"] = self.spill.allocated_bytes()
-            stats["tracked_objects"] = len([e for e in self.objects.entries.values()
-                                            if ids.kind_of(e.oid) != ids.KIND_STREAM])
+            stats["spill_file_bytes"] = node.spill.allocated_bytes()
+            stats["tracked_objects"] = len([e for e in entries
+                                            if ids.kind_of(e.oid) not in _HANDLE_KINDS])
             return stats

@@ -1,120 +1,121 @@
-"""The node: owns the store, the workers, the task table and the object directory.
+"""The node: the runtime's state in the driver, composed of parts that own their own.
 
 It lives inside the driver process (its state plus one I/O thread), so a task submitted
 by the driver goes straight to a worker's socket: one round trip per task, the least a
 task can cost (a separate node process would make it two; see docs/architecture.md).
 
-    driver thread --submit--> Node --EXEC--> worker --RESULT/ITEM/END--> Node --> waiters
+    driver thread --submit--> Node --Exec--> worker --Result/Item/End--> Node --> waiters
                                 ^                |
-                                +--SUBMIT/GET/PUT/NEXT/REFS (nested calls from workers)
+                                +--Submit/Get/Put/Next/Refs (nested calls from workers)
+
+    Node (the lock, the message table, what ties the parts together)
+      objects    ObjectDirectory  who holds which object; frees at zero
+      tasks      TaskTable        live tasks, their links, a bounded history
+      scheduler  Scheduler        ready queue, arguments, CPU slots, pipelining, retries
+      pool       WorkerPool       worker processes: spawn, idle, exit, memory monitor
+      streams    StreamTable      one cursor per generator
+      actors     ActorTable       actors: placement, call queues, death and restarts
+      outbox     Outbox           messages to workers, batched; the SIGUSR2 poke
+      requests   WorkerRequests   what workers ask (get/wait/next/put/submit...)
+      spiller    Spiller          arena full -> spill file, and back
 
 Every piece of state is guarded by ``self.lock``.  Message handlers and API calls take
-it, change state, and queue callbacks (waking waiters) that run after it is released.
-
-Task lifecycle:  WAITING (for arguments) -> QUEUED -> RUNNING -> DONE
-  * retries are decided here and only here (``_should_retry``): system failures
-    always count, application errors when the worker says they match
-    ``retry_exceptions``;
-  * every end of a task (result, error, cancel, worker death, shutdown) makes every
-    output ready, so no caller and no stream consumer ever waits forever.
+it, change state, and queue callbacks (waking waiters) that run after it is released
+(``run_callbacks``).  Every end of a task (result, error, cancel, worker or actor death,
+shutdown) makes every output ready, so no caller and no stream consumer waits forever.
 """
 from __future__ import annotations
 
 import collections
-import math
-import os
-import signal
-import sys
 import threading
 import time
-from typing import Any, Callable, Deque, Dict, List, Optional, Set
+from typing import Any, Callable, Deque, Dict, List, Optional
 
 from .. import ids, serialization
-from ..exceptions import InconsistentRetryError, ObjectLostError, PygenError, TaskCancelledError
+from ..exceptions import (InconsistentRetryError, ObjectLostError, OutOfMemoryError,
+                          PygenError, TaskCancelledError, WorkerCrashedError)
 from ..task_spec import TaskSpec
-from . import output, protocol, workers
+from . import protocol, workers
+from .actors import ActorTable
 from .introspection import Introspection
 from .objects import DRIVER, ObjectDirectory, ObjEntry
+from .outbox import Outbox
+from .pool import WorkerPool
 from .reactor import Reactor
 from .requests import WorkerRequests
+from .scheduler import Scheduler
 from .spill import SpillFile
 from .spilling import Spiller
-from .streams import StreamState
-from .tasks import DONE, QUEUED, RUNNING, WAITING, Task
-from .worker_events import IDLE_WORKER_TIMEOUT, WorkerEvents
+from .streams import StreamState, StreamTable
+from .tasks import DONE, QUEUED, RUNNING, WAITING, Task, TaskTable
+from .transport import ConnectionClosed
 
-# Upper bound on worker processes for plain tasks (blocked workers lend their CPUs out).
-MAX_EXTRA_WORKERS = 64
-# Pipelining: a function whose recent runs took less than PIPELINE_MAX_SECONDS (after
-# PIPELINE_MIN_RUNS runs) may be queued on a busy worker, up to PIPELINE_DEPTH tasks per
-# worker.  A round trip costs 20-300 us here, so for short tasks the worker would
-# otherwise idle between tasks; long tasks are never queued behind one another.
-PIPELINE_DEPTH = 8
-PIPELINE_MIN_RUNS = 3
-PIPELINE_MAX_SECONDS = 0.002
-# A task queued on a worker whose running task has run this long is taken back when a CPU
-# is free (housekeeping checks every HOUSEKEEPING_INTERVAL): a function that was short
-# so far and then runs long does not hold up what was queued behind it.
-PIPELINE_STUCK_SECONDS = 0.02
-FINISHED_TASK_HISTORY = 1000
 # How often the I/O thread releases what the driver's dropped refs kept: memory comes
 # back within this delay, and no ref drop ever costs a thread wake-up.
 HOUSEKEEPING_INTERVAL = 0.02
 
 
-class Node(WorkerEvents, WorkerRequests, Introspection):
-    """The scheduler and object directory; see the module docstring.
-
-    Its other parts live beside it: ``worker_events`` (worker processes), ``requests``
-    (what workers ask), ``introspection`` (``pygen.state``), ``spilling``.
-    """
+class Node:
+    """The runtime in the driver; see the module docstring."""
 
     def __init__(self, num_cpus: float, store: Any, *, worker_memory_limit: Optional[int],
                  spill_dir: Optional[str], log_to_driver: bool) -> None:
         self.lock = threading.RLock()
-        self.num_cpus = num_cpus
-        self.free_cpus = num_cpus
+        self.closed = False
         self.store = store
         self.worker_memory_limit = worker_memory_limit
         self.log_to_driver = log_to_driver
+        self.functions: Dict[bytes, bytes] = {}   # fn_id -> pickled function or class
+        self.reactor = Reactor()
+        self.outbox = Outbox(self.reactor)
         self.objects = ObjectDirectory(self._free_storage)
-        self.tasks: Dict[bytes, Task] = {}
-        self.finished: Deque[tuple] = collections.deque(maxlen=FINISHED_TASK_HISTORY)
-        self.ready: Deque[Task] = collections.deque()
-        self.dependents: Dict[bytes, List[Task]] = {}
-        self.streams: Dict[bytes, StreamState] = {}
-        self.functions: Dict[bytes, bytes] = {}
-        self.workers: Dict[int, workers.WorkerHandle] = {}
-        self.idle: Deque[workers.WorkerHandle] = collections.deque()
-        self.starting = 0
-        self.pool_size = max(1, math.ceil(num_cpus))
-        self._worker_ids = iter(range(1, 1 << 30))
+        self.tasks = TaskTable()
+        self.pool = WorkerPool(self, num_cpus)
+        self.scheduler = Scheduler(self, self.pool, num_cpus)
+        self.streams = StreamTable(self, self.objects)
+        self.actors = ActorTable(self)
+        self.requests = WorkerRequests(self)
+        self.introspection = Introspection(self)
         self.spill = SpillFile(spill_dir)
         self.spiller = Spiller(store, self.objects, self.spill)
-        self.reactor = Reactor()
-        self.closed = False
-        self._forwarders: Dict[int, output.LineForwarder] = {}
-        self._monitoring = False
-        self._dropped_refs: Deque[bytes] = collections.deque()  # the driver's lost refs
-        self._dirty: Set[workers.WorkerHandle] = set()  # workers with queued messages
-        self.fn_stats: Dict[bytes, list] = {}  # fn_id -> [runs, mean seconds] (pipelining)
-        self._failed_starts = 0  # workers that died before HELLO, in a row
+        # the driver's refs: counted here, off the lock (ref churn is the hottest path)
         self.driver_refs: Dict[bytes, int] = {}
-        self._refs_lock = threading.Lock()  # driver_refs only: ref churn stays off self.lock
+        self._refs_lock = threading.Lock()
+        self._dropped_refs: Deque[bytes] = collections.deque()
+        self._handlers: Dict[type, Callable[[workers.WorkerHandle, Any], None]] = {
+            protocol.Hello: self.pool.on_hello,
+            protocol.Result: self.on_result,
+            protocol.Item: self.on_item,
+            protocol.Items: self.on_items,
+            protocol.End: self.on_end,
+            protocol.Reclaimed: self.on_reclaimed,
+            **self.requests.handlers(),
+        }
+
+    @property
+    def num_cpus(self) -> float:
+        return self.scheduler.num_cpus
+
+    @property
+    def free_cpus(self) -> float:
+        return self.scheduler.free_cpus
+
+    @property
+    def workers(self) -> Dict[int, workers.WorkerHandle]:
+        return self.pool.workers
 
     # == start and stop ================================================================
     def start(self) -> None:
         self.reactor.start("pygen-node")
-        for _ in range(self.pool_size):
-            self._spawn_soon()
-        self.reactor.call_later(IDLE_WORKER_TIMEOUT, self._reap_idle_workers)
+        self.pool.start()
         self.reactor.call_later(HOUSEKEEPING_INTERVAL, self._housekeeping)
 
     def shutdown(self) -> None:
         """Stop every worker, fail what is left, release the store.  Idempotent.
 
-        Idle workers get EXIT and flush their output; busy ones are killed (their tasks
-        are failed: nothing waits forever).  Whatever they printed is still forwarded.
+        Idle workers get Exit and flush their output; busy ones (and actors) are killed
+        (their tasks are failed: nothing waits forever).  Whatever they printed is still
+        forwarded.
         """
         with self.lock:
             if self.closed:
@@ -123,29 +124,19 @@ class Node(WorkerEvents, WorkerRequests, Introspection):
             busy = [w for w in self.workers.values() if w.task is not None or w.actor is not None]
             for w in self.workers.values():
                 try:
-                    self._send(w, (protocol.EXIT,))
+                    w.conn.queue(protocol.Exit())
                     w.conn.flush()
                 except OSError:
                     pass
-            error = self._system_error(PygenError("pygen was shut down"))
+            error = self.system_error(PygenError("pygen was shut down"))
+            self.actors.shut_down("pygen was shut down")
             for task in list(self.tasks.values()):
-                self._fail(task, error)
-        self._run_callbacks()
-        for w in busy:
-            workers.kill(w.pid)
-        deadline = time.monotonic() + 2.0
-        for w in list(self.workers.values()):
-            while not w.try_reap() and time.monotonic() < deadline:
-                time.sleep(0.002)
+                self.fail(task, error)
+        self.run_callbacks()
+        self.pool.stop_all(busy)
         self.reactor.stop()
         with self.lock:
-            for w in list(self.workers.values()):
-                if not w.try_reap():
-                    workers.kill(w.pid)
-                    workers.wait_pid(w.pid)
-                self._drain_output(w)
-                self._close_worker_fds(w)
-            self.workers.clear()
+            self.pool.close_all()
         self.spill.close()
         self.reactor.close()
 
@@ -163,39 +154,6 @@ class Node(WorkerEvents, WorkerRequests, Introspection):
         # the I/O thread drains the deque every HOUSEKEEPING_INTERVAL
         self._dropped_refs.append(oid)
 
-    def _housekeeping(self) -> None:
-        if self.closed:
-            return
-        self.drain_dropped_refs()
-        with self.lock:
-            self._unstick_pipelines()
-        self._run_callbacks()
-        self.reactor.call_later(HOUSEKEEPING_INTERVAL, self._housekeeping)
-
-    def _unstick_pipelines(self) -> None:
-        """Take back tasks queued behind one that turned out long, if a CPU could run them."""
-        if self.free_cpus < 1e-9 and not self.idle:
-            return
-        now = time.monotonic()
-        for w in self.workers.values():
-            if (len(w.tasks) > 1 and not w.reclaiming and not w.blocked
-                    and now - w.running_since > PIPELINE_STUCK_SECONDS):
-                self._reclaim(w)
-
-    def _reclaim(self, w: workers.WorkerHandle) -> None:
-        """Ask ``w`` for the tasks queued behind its running one (answer: RECLAIMED).
-
-        The worker is busy in a task's code, which does not read the socket: the signal
-        makes its handler read the RECLAIM (as for a cancel).
-        """
-        w.reclaiming = True
-        self._send(w, (protocol.RECLAIM, [t.spec.task_id for t in list(w.tasks)[1:]]))
-        self._flush()
-        try:
-            os.kill(w.pid, signal.SIGUSR2)
-        except ProcessLookupError:
-            pass
-
     def drain_dropped_refs(self) -> None:
         if not self._dropped_refs:
             return
@@ -211,14 +169,24 @@ class Node(WorkerEvents, WorkerRequests, Introspection):
                         self.driver_refs.pop(oid, None)
                 if n <= 0:
                     self.objects.remove_holder(oid, DRIVER)
-        self._run_callbacks()
+        self.run_callbacks()
+
+    def _housekeeping(self) -> None:
+        if self.closed:
+            return
+        self.drain_dropped_refs()
+        with self.lock:
+            for w in self.scheduler.stuck_pipelines():
+                self.reclaim(w)
+        self.run_callbacks()
+        self.reactor.call_later(HOUSEKEEPING_INTERVAL, self._housekeeping)
 
     # == callbacks run outside the lock ==================================================
-    def _run_callbacks(self) -> None:
+    def run_callbacks(self) -> None:
         """After a batch of work: write the queued messages, then run queued callbacks."""
-        if self._dirty:
+        if self.outbox.pending:
             with self.lock:
-                self._flush()
+                self.outbox.flush()
         while True:
             if not self.objects.callbacks:  # a plain read: appends happen under the lock
                 return
@@ -229,70 +197,100 @@ class Node(WorkerEvents, WorkerRequests, Introspection):
             for cb in callbacks:
                 cb()
 
+    # == messages from workers =============================================================
+    def on_socket(self, w: workers.WorkerHandle) -> None:
+        """A worker's socket is readable (reactor handler, any thread)."""
+        conn = w.conn
+        with conn.read_lock:
+            try:
+                msgs = conn.read_messages()
+                eof = False
+            except (ConnectionClosed, OSError):
+                msgs, eof = [], True
+        if msgs:
+            with self.lock:
+                for msg in msgs:
+                    self.handle(w, msg)
+            self.run_callbacks()
+        with self.lock:
+            if conn.pending_output:
+                conn.flush()
+            if not eof:
+                self.reactor.rearm(conn.fd, write=conn.pending_output)
+
+    def handle(self, w: workers.WorkerHandle, msg: Any) -> None:
+        """One message from ``w``, under the lock."""
+        handler = self._handlers.get(type(msg))
+        if handler is None:
+            _internal_error(f"unknown message {type(msg).__name__} from worker pid {w.pid}")
+            return
+        try:
+            handler(w, msg)
+        except Exception:
+            # a bug in pygen: say so loudly, keep serving the other workers
+            _internal_error(f"while handling {type(msg).__name__} from worker pid {w.pid}")
+
     # == objects ===========================================================================
     def object_ready(self, oid: bytes, payload: tuple, contained: List[bytes] = ()) -> None:
         """Record ``oid``'s value; wake tasks and requests waiting on it.  Under the lock."""
         flags, inline, size = payload
-        entry = self.objects.set_ready(oid, flags, inline, size, contained)
-        if entry is None and inline is None:
-            pass  # nobody wanted it: its storage was freed at once
-        for task in self.dependents.pop(oid, ()):
-            task.pending_deps -= 1
-            if task.pending_deps == 0 and task.state == WAITING:
-                self._enqueue(task)
+        self.objects.set_ready(oid, flags, inline, size, contained)
+        self.scheduler.object_ready(oid)
 
     def put(self, oid: bytes, payload: tuple, contained: List[bytes], owner: int) -> None:
         with self.lock:
             self.objects.create(oid, holder=owner)
             self.object_ready(oid, payload, contained)
-        self._run_callbacks()
+        self.run_callbacks()
 
     def _free_storage(self, entry: ObjEntry) -> None:
         if entry.in_store:
-            try:
-                self.store.delete(entry.oid)  # deferred by the store while a view pins it
-            except KeyError:
-                pass
+            self.discard_stored(entry.oid, entry.payload())
         if entry.spilled is not None:
             self.spill.release(entry.spilled)
             entry.spilled = None
-        if ids.kind_of(entry.oid) == ids.KIND_STREAM:
-            self._abandon_stream(ids.task_of(entry.oid))
+        kind = ids.kind_of(entry.oid)
+        if kind == ids.KIND_STREAM:
+            self.streams.abandon(ids.task_of(entry.oid))
+        elif kind == ids.KIND_ACTOR:
+            self.actors.handles_gone(ids.task_of(entry.oid))
+
+    def discard_stored(self, oid: bytes, payload: tuple) -> None:
+        """Delete ``oid`` from the arena if its value is there (deferred while a view pins it)."""
+        if payload[1] is None:
+            try:
+                self.store.delete(oid)
+            except KeyError:
+                pass
 
     def payload_for_reading(self, oid: bytes) -> tuple:
         """The payload of a ready object, restored into the store first if it was spilled."""
         entry = self.objects.get(oid)
         if entry is None:
-            return self._lost(oid)
+            return self.lost(oid)
         if entry.spilled is not None:
             self.spiller.restore(entry)
         entry.last_access = time.monotonic()
         return entry.payload()
 
-    def _lost(self, oid: bytes) -> tuple:
-        return self._system_error(ObjectLostError(
+    def lost(self, oid: bytes) -> tuple:
+        return self.system_error(ObjectLostError(
             f"object {oid.hex()} does not exist: it was freed (no ObjectRef to it was left) "
             f"or it belongs to another pygen session"))
 
     def is_ready(self, oid: bytes) -> bool:
         if ids.kind_of(oid) == ids.KIND_STREAM:
-            stream = self.streams.get(ids.task_of(oid))
-            return stream is None or stream.has_next()
+            return self.streams.is_ready(ids.task_of(oid))
         entry = self.objects.get(oid)
         return entry is None or entry.ready
 
     def on_ready(self, oid: bytes, callback: Callable[[], None]) -> None:
         """``callback`` (run outside the lock) once ``oid`` (object or stream) is ready."""
         if ids.kind_of(oid) == ids.KIND_STREAM:
-            stream = self.streams.get(ids.task_of(oid))
-            if stream is not None and not stream.has_next():
-                stream.waiters.append(callback)
-                return
-            self.objects.callbacks.append(callback)
+            self.streams.on_ready(ids.task_of(oid), callback)
         elif not self.objects.on_ready(oid, callback):
             self.objects.callbacks.append(callback)  # unknown: "ready" (get reports it lost)
 
-    # == spilling =================================================================================
     def make_room(self, nbytes: int) -> bool:
         """Spill until a block of ``nbytes`` may fit in the arena (``Spiller.make_room``)."""
         with self.lock:
@@ -301,142 +299,80 @@ class Node(WorkerEvents, WorkerRequests, Introspection):
     # == submission ========================================================================
     def submit(self, spec: TaskSpec, owner: int, parent: Optional[bytes] = None) -> None:
         with self.lock:
-            self._submit(spec, owner, parent)
-        self._run_callbacks()
+            self.submit_locked(spec, owner, parent)
+        self.run_callbacks()
 
-    def _submit(self, spec: TaskSpec, owner: int, parent: Optional[bytes]) -> None:
-        task = Task(spec, owner, parent)
-        self.tasks[spec.task_id] = task
-        if parent is not None and parent in self.tasks:
-            self.tasks[parent].children.add(spec.task_id)
+    def submit_locked(self, spec: TaskSpec, owner: int, parent: Optional[bytes]) -> None:
+        self._admit(Task(spec, owner, parent))
+
+    def _admit(self, task: Task) -> None:
+        """Take in a new task: its outputs exist from now on; it waits for its arguments."""
+        spec, owner = task.spec, task.owner
+        self.tasks.add(task)
+        objects = self.objects
         for oid in spec.return_ids():
-            self.objects.create(oid, holder=owner)
+            objects.create(oid, holder=owner)
         if spec.returns_kind != protocol.RETURNS_STATIC:
-            stream = task.stream = StreamState(spec.task_id, spec.backpressure,
-                                               spec.returns_kind == protocol.RETURNS_DYNAMIC,
-                                               spec.name, parent)
-            self.streams[spec.task_id] = stream
+            task.stream = self.streams.open(spec.task_id, spec.backpressure,
+                                            spec.returns_kind == protocol.RETURNS_DYNAMIC,
+                                            spec.name, task.parent)
         if spec.returns_kind == protocol.RETURNS_STREAMING:
             # the generator's handle and the completion object it keeps alive
-            handle = self.objects.create(ids.stream_id(spec.task_id), holder=owner)
+            handle = objects.create(ids.stream_id(spec.task_id), holder=owner)
             handle.ready = True
             completion = ids.completion_id(spec.task_id)
-            self.objects.create(completion).internal += 1
+            objects.create(completion).internal += 1
             handle.add_contained(completion)
-        task.kept = self.objects.add_internal(list(spec.deps) + list(spec.contained))
+        task.kept = objects.add_internal(list(spec.deps) + list(spec.contained))
         args_oid = spec.args_oid()
         if args_oid is not None:  # kept by the task from before it is ready, or it is freed
-            self.objects.create(args_oid).internal += 1
+            objects.create(args_oid).internal += 1
             task.kept.append(args_oid)
             self.object_ready(args_oid, spec.args)
+        if task.is_actor_call and not self.actors.accept_call(task):
+            return
         if spec.num_cpus > self.num_cpus:
-            self._fail(task, self._system_error(ValueError(
-                f"task {spec.name} needs num_cpus={spec.num_cpus:g} but pygen was started "
+            what = "actor" if task.is_actor_creation else "task"
+            self.fail(task, self.system_error(ValueError(
+                f"{what} {spec.name} needs num_cpus={spec.num_cpus:g} but pygen was started "
                 f"with num_cpus={self.num_cpus:g}: it could never run")))
             return
         for dep in spec.deps:
-            entry = self.objects.get(dep)
+            entry = objects.get(dep)
             if entry is None:
-                self._fail(task, self._lost(dep))
+                self.fail(task, self.lost(dep))
                 return
             if not entry.ready:
-                task.pending_deps += 1
-                self.dependents.setdefault(dep, []).append(task)
+                self.scheduler.wait_for(task, dep)
         if task.pending_deps == 0:
-            self._enqueue(task)
+            self.deps_ready(task)
 
-    def _enqueue(self, task: Task) -> None:
-        for dep in task.spec.deps:  # a failed argument fails the task with that error
+    def deps_ready(self, task: Task) -> None:
+        """Every top-level argument of ``task`` is ready: queue it (or fail it with the
+        error one of them holds)."""
+        for dep in task.spec.deps:
             entry = self.objects.get(dep)
             if entry is None:
-                self._fail(task, self._lost(dep))
+                self.fail(task, self.lost(dep))
                 return
             if entry.flags & serialization.FLAG_ERROR:
-                self._fail(task, entry.payload())
+                self.fail(task, entry.payload())
                 return
-        task.state = QUEUED
-        self.ready.append(task)
-        self._dispatch()
-
-    # == dispatch ===============================================================================
-    def _dispatch(self) -> None:
-        while self.ready and not self.closed:
-            task = self.ready[0]
-            if task.state != QUEUED:
-                self.ready.popleft()
-                continue
-            w = self._idle_worker()
-            if w is not None:
-                if task.spec.num_cpus > self.free_cpus + 1e-9:
-                    self.idle.append(w)
-                    return
-                self.ready.popleft()
-                self._assign(task, w)
-                continue
-            w = self._pipeline_target(task)
-            if w is None:
-                if task.spec.num_cpus <= self.free_cpus + 1e-9:
-                    self._maybe_spawn()
-                return
-            self.ready.popleft()
-            self._assign(task, w)
-
-    def _is_short(self, fn_id: bytes) -> bool:
-        stats = self.fn_stats.get(fn_id)
-        return stats is not None and stats[0] >= PIPELINE_MIN_RUNS and stats[1] < PIPELINE_MAX_SECONDS
-
-    def _pipeline_target(self, task: Task) -> Optional[workers.WorkerHandle]:
-        """A busy worker to queue ``task`` behind, if it and what it runs are all short."""
-        spec = task.spec
-        if spec.returns_kind != protocol.RETURNS_STATIC or not self._is_short(spec.fn_id):
-            return None
-        best = None
-        for w in self.workers.values():
-            if (w.state != workers.BUSY or w.blocked or w.actor is not None
-                    or len(w.tasks) >= PIPELINE_DEPTH
-                    or not all(self._is_short(t.spec.fn_id) for t in w.tasks)):
-                continue
-            if best is None or len(w.tasks) < len(best.tasks):
-                best = w
-        return best
-
-    def _record_run_time(self, fn_id: bytes, seconds: float) -> None:
-        stats = self.fn_stats.get(fn_id)
-        if stats is None:
-            self.fn_stats[fn_id] = [1, seconds]
+        if task.is_actor_call:
+            task.state = QUEUED
+            self.actors.call_ready(task)
         else:
-            stats[0] += 1
-            stats[1] += (seconds - stats[1]) * 0.2  # recent runs weigh most
+            self.scheduler.enqueue(task)
+            self.scheduler.dispatch()
 
-    def _idle_worker(self) -> Optional[workers.WorkerHandle]:
-        while self.idle:
-            w = self.idle.pop()  # the most recently idle: its caches and pages are warm
-            if w.state == workers.IDLE:
-                return w
-        return None
+    def dispatch(self) -> None:
+        self.scheduler.dispatch()
 
-    def _maybe_spawn(self) -> None:
-        active = sum(1 for w in self.workers.values()
-                     if w.state != workers.DEAD and not w.blocked and w.actor is None)
-        if self.starting == 0 and active < self.pool_size + MAX_EXTRA_WORKERS:
-            self._spawn_soon()
-
-    def _spawn_soon(self) -> None:
-        self.starting += 1
-        self.reactor.call_soon(self._spawn_worker)
-
-    def _assign(self, task: Task, w: workers.WorkerHandle) -> None:
-        """Send ``task`` to ``w``: it runs now if ``w`` is idle, else right after the others."""
+    def exec_on(self, task: Task, w: workers.WorkerHandle) -> None:
+        """Send ``task`` to ``w`` (a pool worker, or its actor's)."""
         spec = task.spec
-        task.state = RUNNING
-        task.worker = w
-        w.tasks.append(task)
-        if len(w.tasks) == 1:
-            w.state = workers.BUSY
-            w.running_since = time.monotonic()
-            self.free_cpus -= spec.num_cpus
         blob = None
-        if spec.fn_id not in w.sent_functions:
+        if spec.method is None and spec.fn_id not in w.sent_functions:
             blob = self.functions[spec.fn_id]
             w.sent_functions.add(spec.fn_id)
         deps = [(dep, self.payload_for_reading(dep)) for dep in spec.deps]
@@ -447,26 +383,23 @@ class Node(WorkerEvents, WorkerRequests, Introspection):
             skip = task.stream.handed_out
         else:
             skip = 0
-        self._send(w, (protocol.EXEC, spec.task_id, task.attempt, spec.fn_id, blob, spec.name,
-                       spec.args, deps, spec.returns_kind, spec.num_returns, skip,
-                       spec.backpressure, spec.retry_exceptions))
-        if spec.memory is not None or self.worker_memory_limit is not None:
-            self._start_memory_monitor()
+        self.outbox.send(w, protocol.Exec(
+            spec.task_id, task.attempt, spec.fn_id, blob, spec.name, spec.args, deps,
+            spec.returns_kind, spec.num_returns, skip, spec.backpressure,
+            spec.retry_exceptions, spec.method))
+        if w.memory_limit is not None:
+            self.pool.watch_memory()
 
-    def _send(self, w: workers.WorkerHandle, msg: tuple) -> None:
-        """Queue ``msg`` for ``w``; it is written with the rest of the batch (``_flush``)."""
-        w.conn.queue(msg)
-        self._dirty.add(w)
+    def reclaim(self, w: workers.WorkerHandle) -> None:
+        """Ask ``w`` for the tasks queued behind its running one (answer: Reclaimed)."""
+        w.reclaiming = True
+        self.outbox.send(w, protocol.Reclaim([t.spec.task_id for t in list(w.tasks)[1:]]))
+        self.outbox.poke(w)
 
-    def _flush(self) -> None:
-        """Write every queued message: one syscall per worker per batch."""
-        while self._dirty:
-            w = self._dirty.pop()
-            try:
-                if not w.conn.flush():  # the socket is full: the reactor finishes the job
-                    self.reactor.rearm(w.conn.fd, write=True)
-            except OSError:
-                pass  # the worker is gone; its death is being handled
+    def on_reclaimed(self, w: workers.WorkerHandle, msg: protocol.Reclaimed) -> None:
+        w.reclaiming = False
+        self.scheduler.requeue_unstarted(w, msg.task_ids)
+        self.dispatch()
 
     # == results ================================================================================
     def _current(self, w: workers.WorkerHandle, task_id: bytes, attempt: int) -> Optional[Task]:
@@ -477,132 +410,90 @@ class Node(WorkerEvents, WorkerRequests, Introspection):
         return task
 
     def _unassign(self, task: Task) -> None:
-        """Take ``task`` off its worker; the worker's next task (if any) starts running."""
-        w = task.worker
-        task.worker = None
-        if w is None:
-            return
-        was_running = bool(w.tasks) and w.tasks[0] is task
-        try:
-            w.tasks.remove(task)
-        except ValueError:
-            return
-        if not was_running:
-            return
-        if not w.blocked:
-            self.free_cpus += task.spec.num_cpus
-        w.blocked = False
-        if w.tasks:
-            w.running_since = time.monotonic()
-            self.free_cpus -= w.tasks[0].spec.num_cpus
-        elif w.state == workers.BUSY:
-            w.state = workers.IDLE
-            w.idle_since = time.monotonic()
-            self.idle.append(w)
-
-    def on_reclaimed(self, w: workers.WorkerHandle, msg: tuple) -> None:
-        """The worker gave back tasks it had not started: queue them again, first."""
-        w.reclaiming = False
-        for task_id in reversed(msg[1]):
-            task = self.tasks.get(task_id)
-            if task is not None and task.worker is w and task is not w.task:
-                self._unassign(task)
-                task.state = QUEUED
-                self.ready.appendleft(task)
-        self._dispatch()
+        if task.is_actor_call:
+            self.actors.call_left_worker(task)
+        else:
+            self.scheduler.unassign(task)
 
     def _ending(self, w: workers.WorkerHandle, task_id: bytes, attempt: int,
                 seconds: float) -> Optional[Task]:
-        """The task a RESULT or END is about, now off its worker; None if there is nothing
+        """The task a Result or End is about, now off its worker; None if there is nothing
         more to do (a report of an attempt that is over, or a cancelled task, now failed)."""
         task = self._current(w, task_id, attempt)
         if task is None:
             return None
-        self._record_run_time(task.spec.fn_id, seconds)
+        if task.is_actor_creation:
+            return task
+        if not task.is_actor_call:
+            self.scheduler.record_run_time(task.spec.fn_id, seconds)
         self._unassign(task)
         if task.cancelled:
-            self._fail(task, self._cancelled_error(task))
-            self._dispatch()
+            self.fail(task, self.cancelled_error(task))
+            self.dispatch()
             return None
         return task
 
-    def _cancelled_error(self, task: Task, how: str = "") -> tuple:
-        return self._system_error(TaskCancelledError(f"task {task.spec.name} was cancelled{how}"))
+    def cancelled_error(self, task: Task, how: str = "") -> tuple:
+        return self.system_error(TaskCancelledError(f"task {task.spec.name} was cancelled{how}"))
 
-    def on_result(self, w: workers.WorkerHandle, msg: tuple) -> None:
-        _, task_id, attempt, returns, retryable, seconds = msg
-        task = self._ending(w, task_id, attempt, seconds)
+    def on_result(self, w: workers.WorkerHandle, msg: protocol.Result) -> None:
+        task = self._ending(w, msg.task_id, msg.attempt, msg.seconds)
         if task is None:
             return
-        if retryable and self._should_retry(task):
+        returns = msg.returns
+        if task.is_actor_creation:
+            self.actors.init_done(task, returns[0][1] if returns else None)
+            return
+        if msg.retryable and self.scheduler.should_retry(task):
             self._retry(task)
         else:
             if returns and returns[0][1][0] & serialization.FLAG_ERROR:
                 task.error = _error_text(returns[0][1])
             for index, payload, contained in returns:
                 if task.reported <= index:
-                    self.object_ready(ids.return_id(task_id, index), payload, contained)
+                    self.object_ready(ids.return_id(msg.task_id, index), payload, contained)
             task.reported = task.spec.num_returns
             self._finish(task, "failed" if task.error else "finished")
-        self._dispatch()
+        self.dispatch()
 
-    def on_item(self, w: workers.WorkerHandle, msg: tuple) -> None:
-        _, task_id, attempt, index, payload, contained = msg
-        self._items(w, task_id, attempt, ((index, payload, contained),))
+    def on_item(self, w: workers.WorkerHandle, msg: protocol.Item) -> None:
+        self._items(w, msg.task_id, msg.attempt, ((msg.index, msg.payload, msg.contained),))
 
-    def on_items(self, w: workers.WorkerHandle, msg: tuple) -> None:
-        self._items(w, msg[1], msg[2], msg[3])
+    def on_items(self, w: workers.WorkerHandle, msg: protocol.Items) -> None:
+        self._items(w, msg.task_id, msg.attempt, msg.items)
 
     def _items(self, w: workers.WorkerHandle, task_id: bytes, attempt: int,
-               items: "tuple | list") -> None:
+               reports: "tuple | list") -> None:
         task = self._current(w, task_id, attempt)
         if task is None:  # a report of an attempt that is over: drop what it stored
-            for index, payload, _ in items:
-                self._discard_item(ids.item_id(task_id, index, attempt), payload)
+            for index, payload, _ in reports:
+                self.discard_stored(ids.item_id(task_id, index, attempt), payload)
             return
         if task.spec.returns_kind == protocol.RETURNS_STATIC:
-            for index, payload, contained in items:
+            for index, payload, contained in reports:
                 self.object_ready(ids.return_id(task_id, index), payload, contained)
                 task.reported = max(task.reported, index + 1)
             return
-        stream = task.stream
-        assert stream is not None
-        keep = not (stream.abandoned or stream.closed)
-        for index, payload, contained in items:
-            oid = ids.item_id(task_id, index, attempt)
-            stream.items.append(oid)
-            if keep:
-                # kept by the stream (internal ref) until handed out
-                self.objects.set_ready(oid, payload[0], payload[1], payload[2], contained, 1)
-            else:
-                self._discard_item(oid, payload)
-        if keep:
-            self._wake_stream(stream)
-        else:
-            stream.handed_out = len(stream.items)
+        assert task.stream is not None
+        self.streams.add_items(task.stream, reports, attempt,
+                               lambda index: ids.item_id(task_id, index, attempt))
 
-    def _discard_item(self, oid: bytes, payload: tuple) -> None:
-        if payload[1] is None:
-            try:
-                self.store.delete(oid)
-            except KeyError:
-                pass
-
-    def on_end(self, w: workers.WorkerHandle, msg: tuple) -> None:
-        _, task_id, attempt, count, payload, contained, retryable, end_kind, seconds = msg
-        task = self._ending(w, task_id, attempt, seconds)
+    def on_end(self, w: workers.WorkerHandle, msg: protocol.End) -> None:
+        task = self._ending(w, msg.task_id, msg.attempt, msg.seconds)
         if task is None:
             return
-        if (end_kind == protocol.END_RAISED and retryable and self._should_retry(task)
-              and not (task.stream is None and task.reported >= task.spec.num_returns)):
+        end_kind, payload = msg.end_kind, msg.payload
+        if (end_kind == protocol.END_RAISED and msg.retryable
+                and self.scheduler.should_retry(task)
+                and not (task.stream is None and task.reported >= task.spec.num_returns)):
             self._retry(task)
         else:
             if end_kind == protocol.END_RAISED and payload is not None:
                 task.error = _error_text(payload)
-            self._end_outputs(task, count, payload, contained, end_kind)
+            self._end_outputs(task, msg.count, payload, msg.contained, end_kind)
             self._finish(task, "finished" if end_kind == protocol.END_RETURNED else
                          "failed" if end_kind == protocol.END_RAISED else "closed")
-        self._dispatch()
+        self.dispatch()
 
     def _end_outputs(self, task: Task, count: int, payload: Optional[tuple],
                      contained: List[bytes], end_kind: int) -> None:
@@ -610,7 +501,7 @@ class Node(WorkerEvents, WorkerRequests, Introspection):
         spec = task.spec
         stream = task.stream
         if spec.returns_kind == protocol.RETURNS_STATIC:
-            error = payload if payload is not None else self._system_error(
+            error = payload if payload is not None else self.system_error(
                 PygenError(f"task {spec.name} ended without all of its returns"))
             if task.reported >= spec.num_returns and payload is not None and spec.num_returns:
                 # it raised after producing every return: the values stand, the error is
@@ -626,230 +517,248 @@ class Node(WorkerEvents, WorkerRequests, Introspection):
         raised = end_kind in (protocol.END_RAISED, protocol.END_CANCELLED)
         if end_kind == protocol.END_RETURNED and count < stream.handed_out:
             raised = True
-            payload = self._system_error(InconsistentRetryError(
+            payload = self.system_error(InconsistentRetryError(
                 f"task {spec.name} was retried and its new attempt yielded {count} items, "
                 f"fewer than the {stream.handed_out} already handed out"))
-        items = list(stream.items)
         if raised and not stream.closed and not stream.abandoned:
-            error_oid = ids.item_id(spec.task_id, max(count, len(stream.items)), task.attempt)
-            self.objects.create(error_oid).internal += 1
-            self.object_ready(error_oid, payload)
-            stream.items.append(error_oid)
-            items.append(error_oid)
-        stream.ended = True
-        if spec.returns_kind == protocol.RETURNS_DYNAMIC:
+            index = max(count, stream.produced)
+            self.streams.add_items(stream, ((index, payload, []),), task.attempt,
+                                   lambda i: ids.item_id(spec.task_id, i, task.attempt))
+        if stream.all_items is not None:  # dynamic: the value lists every item
+            items = stream.all_items
             value = _encode_dynamic(items)
             self.object_ready(ids.return_id(spec.task_id, 0),
                               (value.flags, value.to_bytes(), value.total_size), items)
-            self.objects.release_internal(items)  # now kept by the generator value
-            stream.handed_out = len(stream.items)
+            self.objects.release_internal(stream.pending)  # now kept by the generator value
+            stream.pending.clear()
+            stream.all_items = []
             stream.abandoned = True
         else:
             completion = payload if payload is not None else _NONE_PAYLOAD
             self.object_ready(ids.completion_id(spec.task_id), completion,
                               contained if not raised else [])
-        self._wake_stream(stream)
-        if stream.finished:
-            self.streams.pop(spec.task_id, None)
+        self.streams.end(stream)
+
+    # == actors ===================================================================================
+    def create_actor(self, spec: TaskSpec, owner: int, parent: Optional[bytes], class_name: str,
+                     name: Optional[str], descriptor: bytes, options: Dict[str, Any],
+                     get_if_exists: bool) -> "tuple[bytes, bytes]":
+        with self.lock:
+            result = self.create_actor_locked(spec, owner, parent, class_name, name,
+                                              descriptor, options, get_if_exists)
+        self.run_callbacks()
+        return result
+
+    def create_actor_locked(self, spec: TaskSpec, owner: int, parent: Optional[bytes],
+                            class_name: str, name: Optional[str], descriptor: bytes,
+                            options: Dict[str, Any], get_if_exists: bool
+                            ) -> "tuple[bytes, bytes]":
+        """Create the actor ``spec`` describes (its creation task), or find the live one
+        named ``name`` (``get_if_exists``).  Returns (actor_id, descriptor); the handle the
+        caller makes for a new actor is already counted.  ValueError: the name is taken."""
+        creation = Task(spec, owner, parent)
+        actor_id, found = self.actors.create(creation, class_name, name, descriptor, options,
+                                             get_if_exists)
+        if actor_id != spec.task_id:
+            return actor_id, found
+        handle = self.objects.create(ids.actor_handle_id(actor_id), holder=owner)
+        handle.ready = True  # counted like an object, so that it can be freed
+        self._admit(creation)
+        return actor_id, found
+
+    def kill_actor(self, actor_id: bytes, no_restart: bool, done: Callable[[], None]) -> None:
+        with self.lock:
+            self.actors.kill(actor_id, no_restart, done)
+        self.run_callbacks()
+
+    def find_actor(self, name: str) -> "Optional[tuple[bytes, bytes]]":
+        with self.lock:
+            actor = self.actors.by_name(name)
+            return None if actor is None else (actor.actor_id, actor.descriptor)
 
     # == failures and retries ===================================================================
-    def _should_retry(self, task: Task) -> bool:
-        return (self._retries_left(task) and task.took_from is None
-                and not task.cancelled and not self.closed)
-
-    @staticmethod
-    def _retries_left(task: Task) -> bool:
-        limit = task.spec.max_retries
-        return limit < 0 or task.attempt < limit
-
-    @staticmethod
-    def _no_retry_reason(task: Task) -> str:
-        """Why a task with retries left is not retried, for its error message ("" if it is)."""
-        if task.took_from is None or not Node._retries_left(task):
-            return ""
-        return (f"; not retried: it had taken items from the streaming generator of task "
-                f"{task.took_from}, which it did not start, and a new attempt could not "
-                f"see those items again")
-
     def _retry(self, task: Task) -> None:
         task.attempt += 1
-        stream = task.stream
-        if stream is not None:
-            # items of the failed attempt that nobody took are replaced by the new attempt's
-            stale = stream.unclaimed()
-            del stream.items[stream.handed_out:]
-            self.objects.release_internal(stale)
-            stream.attempt = task.attempt
-        task.state = QUEUED
-        self.ready.append(task)
+        if task.stream is not None:
+            self.streams.new_attempt(task.stream, task.attempt)
+        if task.is_actor_call:
+            self.actors.requeue(task)
+        else:
+            self.scheduler.enqueue(task)
 
-    def _fail(self, task: Task, error: tuple) -> None:
+    def fail(self, task: Task, error: tuple) -> None:
         """End ``task`` with ``error`` in every output it has not produced yet."""
         if task.state == DONE:
             return
-        if task in self.ready:
-            self.ready.remove(task)
-        if task.worker is not None:
-            self._unassign(task)
-        count = len(task.stream.items) if task.stream is not None else task.reported
+        self.scheduler.forget(task)
+        if task.is_actor_call:
+            self.actors.forget_call(task)
+        elif task.is_actor_creation:
+            self.actors.creation_failed(task, error)
+        elif task.worker is not None:
+            self.scheduler.unassign(task)
+        count = task.stream.produced if task.stream is not None else task.reported
         task.error = task.error or _error_text(error)
         self._end_outputs(task, count, error, [], protocol.END_RAISED)
         self._finish(task, "cancelled" if task.cancelled else "failed")
 
     def _finish(self, task: Task, how: str) -> None:
-        task.state = DONE
-        task.ended_as = how
-        self.tasks.pop(task.spec.task_id, None)
-        for dep in task.spec.deps:
-            waiting = self.dependents.get(dep)
-            if waiting and task in waiting:
-                waiting.remove(task)
-        if task.parent is not None and task.parent in self.tasks:
-            self.tasks[task.parent].children.discard(task.spec.task_id)
+        self.scheduler.forget(task)
+        self.tasks.remove(task, how)
         kept, task.kept = task.kept, []
         self.objects.release_internal(kept)
-        self.finished.append((task, task.attempt))  # described only when someone asks
 
-    def _system_error(self, exc: BaseException) -> tuple:
+    def finish_actor_creation(self, task: Task, how: str) -> None:
+        """The actor is dead for good: its ``__init__`` arguments can go."""
+        if task.state != DONE:
+            self._finish(task, how)
+
+    def system_error(self, exc: BaseException) -> tuple:
         sv = serialization.serialize(exc, error=True)
         return (sv.flags, sv.to_bytes(), sv.total_size)
+
+    def fail_unplaceable(self, why: str) -> None:
+        """No worker can be started: fail what waits for one instead of looping."""
+        error = self.system_error(WorkerCrashedError(why))
+        for task in list(self.scheduler.ready):
+            self.fail(task, error)
+        self.actors.no_workers(why)
+
+    def worker_died(self, w: workers.WorkerHandle) -> None:
+        """Account for a dead worker (under the lock; the pool calls this)."""
+        if w.slot is not None:
+            self._reclaim_slot(w.slot, w.pid)
+        self.objects.drop_process(w.id)
+        if w.actor is not None:
+            self.actors.worker_died(w)
+            return
+        task = w.task
+        for waiting in reversed(list(w.tasks)[1:]):  # never started: just run them elsewhere
+            self.scheduler.unassign(waiting)
+            self.scheduler.enqueue(waiting, first=True)
+        if task is None:
+            return
+        if task.force:
+            error = self.cancelled_error(task, " (its worker was killed)")
+        elif w.oom is not None:
+            error = self.system_error(OutOfMemoryError(
+                f"task {task.spec.name} was killed for using too much memory: "
+                f"{describe_oom(w)}; give it a larger memory= option or "
+                f"worker_memory_limit=, or yield its results one by one (a generator)"
+                f"{self.scheduler.no_retry_reason(task)}"))
+        else:
+            error = self.system_error(WorkerCrashedError(
+                f"the worker (pid {w.pid}) running task {task.spec.name} died: it "
+                f"{w.describe_exit()}{self.scheduler.no_retry_reason(task)}"))
+        self.scheduler.unassign(task)
+        if not task.force and self.scheduler.should_retry(task):
+            self._retry(task)
+        else:
+            self.fail(task, error)
+
+    def _reclaim_slot(self, slot: int, pid: int) -> None:
+        """Drop a dead process's pins and objects it wrote but never reported."""
+        try:
+            self.store.release_slot(slot, pid=pid)  # no-op if the slot was reused since
+        except Exception:
+            return
+        known = self.objects.entries
+        for oid in self.store.list_ids():
+            entry = known.get(oid)
+            if entry is not None and entry.ready:
+                continue  # reported before the death: the node owns it now
+            # never reported (a return sealed just before the kill, an item of an attempt
+            # that is over): nobody can ever read it, and a retry must be free to write it
+            info = self.store.info(oid)
+            if info is not None and info.get("creator_slot") == slot:
+                try:
+                    self.store.delete(oid)
+                except KeyError:
+                    pass
 
     # == cancellation ===============================================================================
     def cancel(self, oid: bytes, force: bool, recursive: bool) -> None:
         with self.lock:
-            self._cancel(ids.task_of(oid), force, recursive)
-        self._run_callbacks()
+            task = self.tasks.get(ids.task_of(oid))
+            if force and task is not None and task.is_actor_call:
+                raise ValueError(
+                    f"pygen.cancel(force=True) cannot stop the actor call {task.spec.name}: "
+                    f"it would kill the actor.  Cancel it without force (TaskCancelledError "
+                    f"is raised in it), or end the actor with pygen.kill(handle)")
+            self.cancel_locked(ids.task_of(oid), force, recursive)
+        self.run_callbacks()
 
-    def _cancel(self, task_id: bytes, force: bool, recursive: bool) -> None:
+    def cancel_locked(self, task_id: bytes, force: bool, recursive: bool) -> None:
         task = self.tasks.get(task_id)
-        if task is None or task.state == DONE:
+        if task is None or task.state == DONE or task.is_actor_creation:
             return
         if recursive:
             for child in list(task.children):
-                self._cancel(child, force, recursive)
+                self.cancel_locked(child, force, recursive)
         task.cancelled = True
-        error = self._cancelled_error(task)
+        error = self.cancelled_error(task)
         if task.state in (WAITING, QUEUED):
-            self._fail(task, error)
+            self.fail(task, error)
             return
         w = task.worker
         if w is None:
             return
+        force = force and not task.is_actor_call  # from a worker: cancelled without force
         if force and w.task is task:
             task.force = True
             workers.kill(w.pid)  # its death is reported as the cancellation, never retried
             return
-        self._send(w, (protocol.CANCEL, task_id, False))
-        self._flush()  # the message must be there before the signal arrives
-        if w.task is not task:
+        self.outbox.send(w, protocol.Cancel(task_id, False))
+        self.outbox.flush()
+        if not task.is_actor_call and w.task is not task:
             # queued behind another task on that worker: it ends now (the worker drops it;
             # if it has just started it, the signal below stops it too)
-            self._fail(task, error)
+            self.fail(task, error)
         if not force:
-            try:
-                os.kill(w.pid, signal.SIGUSR2)  # interrupts time.sleep and other waits
-            except ProcessLookupError:
-                pass
+            self.outbox.poke(w)  # interrupts time.sleep and other waits
 
     # == streams ======================================================================================
     def stream_take(self, task_id: bytes, proc: int) -> "tuple[bool, Optional[bytes]]":
-        """(done, item): the next item handed to ``proc``, or (True, None) at the end."""
-        stream = self.streams.get(task_id)
-        if stream is None:
-            return True, None
-        oid = stream.take_next()
-        if oid is not None:
-            # the taker holds it from now on; its ObjectRef is made with _registered=True
-            self.objects.add_holder(oid, proc)
-            self.objects.release_one(oid)
-            if stream.backpressure:
-                task = self.tasks.get(task_id)
-                if task is not None and task.worker is not None:
-                    self._send(task.worker, (protocol.ACK, task_id, stream.handed_out))
-            return True, oid
-        if stream.ended or stream.closed:
-            return True, None
-        return False, None
+        return self.streams.take(task_id, proc)
 
     def stream_close(self, task_id: bytes) -> None:
         with self.lock:
-            self._close_stream(task_id)
-        self._run_callbacks()
+            self.streams.close(task_id)
+        self.run_callbacks()
 
-    def _close_stream(self, task_id: bytes) -> None:
-        """``gen.close()`` from any process: free what is left, stop the task, wake readers."""
-        stream = self.streams.get(task_id)
-        if stream is None or stream.closed:
-            return
-        stream.closed = True
-        self._release_unclaimed(stream)
-        self._stop_stream_task(stream)
-        self._wake_stream(stream)
+    def ack_stream(self, stream: StreamState) -> None:
+        """A backpressured generator's item was taken: its worker may go on."""
+        task = self.tasks.get(stream.task_id)
+        if task is not None and task.worker is not None:
+            self.outbox.send(task.worker, protocol.Ack(stream.task_id, stream.handed_out))
 
-    def _abandon_stream(self, task_id: bytes) -> None:
-        stream = self.streams.get(task_id)
-        if stream is None:
-            return
-        stream.abandoned = True
-        self._release_unclaimed(stream)
-        if stream.backpressure:
-            # a paused generator that nobody can consume any more is stopped, not resumed
-            self._stop_stream_task(stream)
-        if stream.finished:
-            self.streams.pop(task_id, None)
-
-    def _release_unclaimed(self, stream: StreamState) -> None:
-        unclaimed = stream.unclaimed()
-        stream.handed_out = len(stream.items)
-        self.objects.release_internal(unclaimed)
-
-    def _stop_stream_task(self, stream: StreamState) -> None:
+    def stop_stream_task(self, stream: StreamState) -> None:
+        """Nobody can consume the stream any more: stop its task at its next yield."""
         task = self.tasks.get(stream.task_id)
         if task is not None and task.worker is not None and not stream.close_sent:
             stream.close_sent = True
             w = task.worker
-            self._send(w, (protocol.CLOSE, stream.task_id))
-            if w.task is task:
+            self.outbox.send(w, protocol.Close(stream.task_id))
+            if w.task is task or task.is_actor_call:
                 # the generator's code does not read the socket: the signal handler takes
-                # the CLOSE at once, and the generator stops at its very next yield
-                self._flush()
-                try:
-                    os.kill(w.pid, signal.SIGUSR2)
-                except ProcessLookupError:
-                    pass
+                # the Close at once, and the generator stops at its very next yield
+                self.outbox.poke(w)
         elif task is not None and task.state in (WAITING, QUEUED):
             task.cancelled = True
-            self._fail(task, self._system_error(TaskCancelledError(
+            self.fail(task, self.system_error(TaskCancelledError(
                 f"generator of task {task.spec.name} was closed before it started")))
 
-    def _wake_stream(self, stream: StreamState) -> None:
-        if stream.waiters:
-            self.objects.callbacks.extend(stream.waiters)
-            stream.waiters = []
+
+def describe_oom(w: workers.WorkerHandle) -> str:
+    limit, peak = w.oom if w.oom is not None else (0, 0)
+    return (f"its worker (pid {w.pid}) reached {_mib(peak)} of private memory, over its "
+            f"limit of {_mib(limit)}")
 
 
-    _handlers: Dict[int, Callable[["Node", workers.WorkerHandle, tuple], None]] = {}
+def _mib(nbytes: int) -> str:
+    """Bytes for a message: MiB to the decimal needed to tell close sizes apart."""
+    return f"{nbytes / 2**20:.2f} MiB ({nbytes:,} bytes)"
 
-
-Node._handlers = {
-    protocol.HELLO: Node.on_hello,
-    protocol.RESULT: Node.on_result,
-    protocol.ITEM: Node.on_item,
-    protocol.ITEMS: Node.on_items,
-    protocol.END: Node.on_end,
-    protocol.SUBMIT: Node.on_submit,
-    protocol.PUT: Node.on_put,
-    protocol.GET: Node.on_get,
-    protocol.WAIT: Node.on_wait,
-    protocol.NEXT: Node.on_next,
-    protocol.REFS: Node.on_refs,
-    protocol.CANCEL_REQ: Node.on_cancel_req,
-    protocol.CLOSE_REQ: Node.on_close_req,
-    protocol.FN: Node.on_fn,
-    protocol.ROOM: Node.on_room,
-    protocol.SUBSCRIBE: Node.on_subscribe,
-    protocol.RECLAIMED: Node.on_reclaimed,
-}
 
 def _none_payload() -> tuple:
     sv = serialization.serialize(None)
@@ -873,7 +782,19 @@ def _error_text(payload: tuple) -> str:
 
 
 def _warn(message: str) -> None:
+    import sys
+
     try:
         print(f"pygen: {message}", file=sys.stderr, flush=True)
     except (ValueError, OSError):
         pass
+
+
+def _internal_error(what: str) -> None:
+    import sys
+    import traceback
+
+    print(f"pygen internal error {what}:\n{traceback.format_exc()}", file=sys.__stderr__)
+
+
+__all__ = ["Node", "RUNNING"]

@@ -1,20 +1,31 @@
-"""A task as the node tracks it, and the states it goes through.
+"""A task as the node tracks it, its states, and the table of tasks.
 
     WAITING (for arguments) -> QUEUED -> RUNNING (on a worker, maybe queued behind
-    another short task there) -> DONE
+    another short task there; or sent to an actor) -> DONE
+
+An actor call is a task with ``spec.actor_id`` set: it waits in its actor's queue instead
+of the scheduler's, and runs on the actor's worker.  An actor's creation task stays
+RUNNING for as long as the actor lives (it keeps ``__init__``'s arguments alive for
+restarts).
 """
 from __future__ import annotations
 
+import collections
 import time
-from typing import TYPE_CHECKING, List, Optional, Set
+from typing import TYPE_CHECKING, Deque, Dict, List, NamedTuple, Optional, Set
 
 from ..task_spec import TaskSpec
+from . import protocol
 from .streams import StreamState
 
 if TYPE_CHECKING:
     from .workers import WorkerHandle
 
 WAITING, QUEUED, RUNNING, DONE = "waiting", "queued", "running", "done"
+
+# Finished tasks remembered for pygen.state.list_tasks(): a summary each, never the task
+# itself (its arguments and item lists would keep the driver growing with work done).
+FINISHED_TASK_HISTORY = 1000
 
 
 class Task:
@@ -24,8 +35,8 @@ class Task:
 
     def __init__(self, spec: TaskSpec, owner: int, parent: Optional[bytes]) -> None:
         self.spec = spec
-        self.owner = owner
-        self.parent = parent
+        self.owner = owner                # the process that submitted it (objects.DRIVER...)
+        self.parent = parent              # the task that submitted it, if any
         self.children: Set[bytes] = set()
         self.state = WAITING
         self.attempt = 0
@@ -40,5 +51,73 @@ class Task:
         self.ended_as = ""
         self.error: Optional[str] = None
         # a streaming generator this task did not start and took items from: a new attempt
-        # could not see those items again, so the task is not retried (see _should_retry)
+        # could not see those items again, so the task is not retried
         self.took_from: Optional[str] = None
+
+    @property
+    def is_actor_call(self) -> bool:
+        return self.spec.actor_id is not None and self.spec.method != "__init__"
+
+    @property
+    def is_actor_creation(self) -> bool:
+        return self.spec.method == "__init__"
+
+
+class FinishedTask(NamedTuple):
+    """What ``list_tasks`` shows of a task that is over."""
+    task_id: str
+    name: str
+    state: str
+    attempt: int
+    cancelled: bool
+    error: Optional[str]
+    num_returns: object
+
+
+def returns_label(spec: TaskSpec) -> object:
+    if spec.returns_kind == protocol.RETURNS_STATIC:
+        return spec.num_returns
+    return "dynamic" if spec.returns_kind == protocol.RETURNS_DYNAMIC else "streaming"
+
+
+class TaskTable:
+    """Live tasks by id, the parent/child links used by recursive cancellation, and a
+    bounded history of finished ones."""
+
+    def __init__(self) -> None:
+        self.live: Dict[bytes, Task] = {}
+        self.history: Deque[FinishedTask] = collections.deque(maxlen=FINISHED_TASK_HISTORY)
+
+    def add(self, task: Task) -> None:
+        self.live[task.spec.task_id] = task
+        parent = self.live.get(task.parent) if task.parent is not None else None
+        if parent is not None:
+            parent.children.add(task.spec.task_id)
+
+    def get(self, task_id: bytes) -> Optional[Task]:
+        return self.live.get(task_id)
+
+    def remove(self, task: Task, how: str) -> None:
+        """``task`` is over: forget it, keep its summary."""
+        task.state = DONE
+        task.ended_as = how
+        self.live.pop(task.spec.task_id, None)
+        if task.parent is not None:
+            parent = self.live.get(task.parent)
+            if parent is not None:
+                parent.children.discard(task.spec.task_id)
+        self.history.append(FinishedTask(task.spec.task_id.hex(), task.spec.name, how,
+                                         task.attempt, task.cancelled, task.error,
+                                         returns_label(task.spec)))
+
+    def __getitem__(self, task_id: bytes) -> Task:
+        return self.live[task_id]
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self.live
+
+    def __len__(self) -> int:
+        return len(self.live)
+
+    def values(self):  # type: ignore[no-untyped-def]
+        return self.live.values()

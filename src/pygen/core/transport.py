@@ -1,6 +1,8 @@
 """Framing of control messages over a Unix stream socket.
 
-    frame = length (u32, little endian) | marshal(message tuple)
+    frame = length (u32, little endian) | marshal((KIND, *fields))   (protocol.encode)
+
+Messages go in and come out as ``protocol`` classes; only this module sees the wire form.
 
 Writes are buffered and non-blocking: ``send`` appends a frame and pushes what the
 socket takes; what it does not take stays queued until the socket is writable again
@@ -27,6 +29,8 @@ import struct
 import threading
 import time
 from typing import Any, List, Optional
+
+from .protocol import decode, encode
 
 _LEN = struct.Struct("<I")
 _READ_SIZE = 1 << 18
@@ -63,25 +67,25 @@ class Connection:
         self.closed = False
 
     # -- writing ------------------------------------------------------------------
-    def send(self, msg: tuple) -> bool:
+    def send(self, msg: Any) -> bool:
         """Queue ``msg`` and write what the socket accepts; True when nothing is left queued."""
-        body = marshal.dumps(msg)
+        body = marshal.dumps(encode(msg))
         with self._send_lock:
             self._out += _LEN.pack(len(body))
             self._out += body
             return self._flush_locked()
 
-    def queue(self, msg: tuple) -> None:
+    def queue(self, msg: Any) -> None:
         """Append ``msg`` without writing: the caller flushes once for a whole batch."""
-        body = marshal.dumps(msg)
+        body = marshal.dumps(encode(msg))
         with self._send_lock:
             self._out += _LEN.pack(len(body))
             self._out += body
 
-    def send_many(self, msgs: List[tuple]) -> bool:
+    def send_many(self, msgs: List[Any]) -> bool:
         with self._send_lock:
             for msg in msgs:
-                body = marshal.dumps(msg)
+                body = marshal.dumps(encode(msg))
                 self._out += _LEN.pack(len(body))
                 self._out += body
             return self._flush_locked()
@@ -110,7 +114,7 @@ class Connection:
             del out[:n]
         return True
 
-    def send_blocking(self, msg: tuple) -> None:
+    def send_blocking(self, msg: Any) -> None:
         """Send and wait until the whole frame is in the socket (used by workers)."""
         if not self.send(msg):
             self.drain_output()
@@ -161,7 +165,7 @@ class Connection:
                 end = pos + 4 + size
                 if end > n:
                     break
-                out.append(marshal.loads(view[pos + 4: end]))
+                out.append(decode(marshal.loads(view[pos + 4: end])))
                 pos = end
         if pos:
             del buf[:pos]

@@ -52,7 +52,7 @@ def main() -> None:
     context.set_current(client)
     executor = Executor(client)
     install_cancel_signal(executor)
-    client.send((protocol.HELLO, worker_id, os.getpid(), store.slot))
+    client.send(protocol.Hello(worker_id, os.getpid(), store.slot))
     try:
         executor.serve_forever()
     finally:

@@ -11,20 +11,22 @@ collected lazily from ``__del__`` (a deque append, safe in any thread and inside
 and reported with the next message or when the worker goes idle.
 
 Any thread may wait for a reply: the first waiter reads the socket for everyone (the
-reader lock) and hands replies to their owners; control messages (EXEC, CANCEL, ACK,
-CLOSE, EXIT) go to ``inbox`` for the executor.
+reader lock) and hands replies to their owners; control messages (Exec, Cancel, Ack,
+Close, Exit...) go to the executor (``on_control``).  Requests name the task that makes
+them (``calls.current_id()``): an actor's worker runs several calls at once.
 """
 from __future__ import annotations
 
 import collections
 import itertools
 import os
+import pickle
 import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .. import ids, serialization
 from ..exceptions import GetTimeoutError, ObjectLostError, raisable
-from . import protocol, values
+from . import calls, protocol, values
 from .transport import SPIN_SECONDS, Connection, ConnectionClosed
 
 
@@ -42,45 +44,62 @@ class WorkerClient:
         self._req_ids = itertools.count(1)
         self._reader = threading.Lock()
         self._arrived = threading.Condition(threading.Lock())
+        self._dispatched = 0  # reads done by whichever thread held the reader lock
         self._counts: Dict[bytes, int] = {}
         self._counts_lock = threading.Lock()
         self._added: List[bytes] = []
         self._removed: collections.deque = collections.deque()
         self._sent_functions: set = set()
         self._ready_callbacks: Dict[bytes, List[Callable[[], None]]] = {}
-        # set by the executor: raises TaskCancelledError if the running task was cancelled
+        # set by the executor: raises TaskCancelledError if the calling task was cancelled
         self.check_cancelled: Callable[[], None] = lambda: None
-        # > 0 while runtime code runs in this process: a cancel signal must not raise there
-        self.busy = 0
+        # per thread, > 0 while runtime code runs there: a cancellation must not be
+        # raised inside it (see Executor.on_cancel_signal)
+        self._busy: Dict[int, int] = {}
         self._deferred: collections.deque = collections.deque()  # see send_soon
 
+    # -- runtime code running --------------------------------------------------------------
+    def _enter(self) -> int:
+        ident = threading.get_ident()
+        busy = self._busy
+        busy[ident] = busy.get(ident, 0) + 1
+        return ident
+
+    def _leave(self, ident: int) -> None:
+        self._busy[ident] -= 1
+
+    def busy_in(self, ident: int) -> bool:
+        """Whether thread ``ident`` runs runtime code now."""
+        return self._busy.get(ident, 0) > 0
+
     # -- sending ----------------------------------------------------------------------------
-    def send(self, msg: tuple, flush: bool = True) -> None:
+    def send(self, msg: Any, flush: bool = True) -> None:
         """Send ``msg``; ``flush=False`` only queues it.
 
         New refs are reported before ``msg`` (it may hand them on); lost refs only after
         it: ``msg`` may carry a value that contains them, and the node must learn about
         the container before the refs inside it may go.
         """
-        self.busy += 1
+        ident = self._enter()
         try:
             added, removed = self._ref_changes()
             if added:
-                self.conn.queue((protocol.REFS, added, []))
+                self.conn.queue(protocol.Refs(added, []))
             while self._deferred:
                 self.conn.queue(self._deferred.popleft())
             self.conn.queue(msg)
             if removed:
-                self.conn.queue((protocol.REFS, [], removed))
+                self.conn.queue(protocol.Refs([], removed))
             if flush and not self.conn.flush():
                 self.conn.drain_output()
         finally:
-            self.busy -= 1
+            self._leave(ident)
 
-    def send_soon(self, msg: tuple) -> None:
-        """Send ``msg`` now if no runtime code of this process is running, else with the
-        next send or flush (safe to call from a signal handler)."""
-        if self.busy == 0:
+    def send_soon(self, msg: Any) -> None:
+        """Send ``msg`` now unless this thread was interrupted inside runtime code (which
+        may hold the send lock), else with the next send or flush (safe to call from a
+        signal handler)."""
+        if not self.busy_in(threading.get_ident()):
             self.send(msg)
         else:
             self._deferred.append(msg)
@@ -89,7 +108,7 @@ class WorkerClient:
         """Write pending ref changes and every queued message."""
         added, removed = self._ref_changes()
         if added or removed:
-            self.conn.queue((protocol.REFS, added, removed))
+            self.conn.queue(protocol.Refs(added, removed))
         while self._deferred:
             self.conn.queue(self._deferred.popleft())
         if self.conn.pending_output and not self.conn.flush():
@@ -126,10 +145,13 @@ class WorkerClient:
     def pump(self, timeout: Optional[float], spin: float = SPIN_SECONDS) -> None:
         """Read and dispatch what arrives within ``timeout`` (None: until something does),
         polling for the first ``spin`` seconds of it."""
+        seen = self._dispatched
         if not self._reader.acquire(blocking=False):
-            # another thread reads for us; wake up when it has dispatched something
+            # another thread reads for us; wake up when it has dispatched something (if it
+            # did since ``seen``, what we wait for may be here already: look again now)
             with self._arrived:
-                self._arrived.wait(0.05 if timeout is None else min(timeout, 0.05))
+                if self._dispatched == seen:
+                    self._arrived.wait(0.05 if timeout is None else min(timeout, 0.05))
             return
         try:
             if self._deferred:
@@ -139,6 +161,7 @@ class WorkerClient:
         finally:
             self._reader.release()
             with self._arrived:
+                self._dispatched += 1
                 self._arrived.notify_all()
 
     def read_available(self) -> None:
@@ -148,6 +171,14 @@ class WorkerClient:
                 self._read_locked()
             finally:
                 self._reader.release()
+            # wake threads waiting for a reply this read may have brought; this may run in
+            # the signal handler, interrupting a thread that holds the condition: never block
+            if self._arrived.acquire(blocking=False):
+                try:
+                    self._dispatched += 1
+                    self._arrived.notify_all()
+                finally:
+                    self._arrived.release()
 
     def _read_locked(self) -> None:
         try:
@@ -156,19 +187,19 @@ class WorkerClient:
             # the node is gone: nothing this process does matters any more
             os._exit(1)
         for msg in msgs:
-            kind = msg[0]
-            if kind == protocol.REPLY:
-                self._replies[msg[1]] = msg
-            elif kind == protocol.READY:
-                for cb in self._ready_callbacks.pop(msg[1], ()):
+            kind = type(msg)
+            if kind is protocol.Reply:
+                self._replies[msg.req_id] = msg
+            elif kind is protocol.Ready:
+                for cb in self._ready_callbacks.pop(msg.oid, ()):
                     threading.Thread(target=cb, daemon=True).start()
             else:
                 self.on_control(msg)
 
-    def request(self, build: Callable[[int], tuple], timeout: Optional[float] = None) -> tuple:
-        """Send ``build(req_id)`` and wait for its REPLY (cancellation is checked meanwhile)."""
+    def request(self, build: Callable[[int], Any]) -> protocol.Reply:
+        """Send ``build(req_id)`` and wait for its Reply (cancellation is checked meanwhile)."""
         req = next(self._req_ids)
-        self.busy += 1
+        ident = self._enter()
         try:
             self.send(build(req))
             while req not in self._replies:
@@ -177,23 +208,23 @@ class WorkerClient:
                 self.pump(None)
             return self._replies.pop(req)
         finally:
-            self.busy -= 1
+            self._leave(ident)
 
     # -- objects ---------------------------------------------------------------------------------
     def encode(self, value: Any, oid: bytes, *, error: bool = False) -> Tuple[tuple, List[bytes]]:
         """Serialize ``value``: inline payload, or written into the store under ``oid``."""
-        self.busy += 1
+        ident = self._enter()
         try:
             return values.encode(value, oid, self.store, self._make_room, error=error)
         finally:
-            self.busy -= 1
+            self._leave(ident)
 
     def store_value(self, sv: serialization.SerializedValue, oid: bytes) -> None:
         values.store_with_room(sv, self.store, oid, self._make_room)
 
     def _make_room(self, nbytes: int) -> bool:
         """Ask the node to spill objects nobody reads; whether it could make room."""
-        return bool(self.request(lambda req: (protocol.ROOM, req, nbytes))[3])
+        return bool(self.request(lambda req: protocol.Room(req, nbytes)).body)
 
     def decode(self, oid: bytes, payload: tuple) -> Tuple[int, Any]:
         flags, inline, _ = payload
@@ -207,12 +238,13 @@ class WorkerClient:
     def put(self, value: Any) -> bytes:
         oid = ids.put_id()
         payload, contained = self.encode(value, oid)
-        self.send((protocol.PUT, oid, payload, contained))
+        self.send(protocol.Put(oid, payload, contained))
         return oid
 
     def get(self, oids: Sequence[bytes], timeout: Optional[float]) -> List[Any]:
-        reply = self.request(lambda req: (protocol.GET, req, list(oids), timeout), timeout)
-        status, payloads = reply[2], reply[3]
+        caller = calls.current_id()
+        reply = self.request(lambda req: protocol.Get(req, list(oids), timeout, caller))
+        status, payloads = reply.status, reply.body
         if status == protocol.TIMEOUT:
             raise GetTimeoutError(f"get timed out after {timeout} s")
         values = []
@@ -225,38 +257,61 @@ class WorkerClient:
 
     def wait(self, keys: Sequence[bytes], num_returns: int,
              timeout: Optional[float]) -> List[bool]:
+        caller = calls.current_id()
         reply = self.request(
-            lambda req: (protocol.WAIT, req, list(keys), num_returns, timeout))
-        return reply[3]
+            lambda req: protocol.Wait(req, list(keys), num_returns, timeout, caller))
+        return reply.body
 
     def on_ready(self, oid: bytes, callback: Callable[[], None]) -> None:
         self._ready_callbacks.setdefault(oid, []).append(callback)
-        self.send((protocol.SUBSCRIBE, oid))
+        self.send(protocol.Subscribe(oid))
 
     # -- tasks --------------------------------------------------------------------------------------
     def register_function(self, fn_id: bytes, blob: bytes) -> None:
         if fn_id not in self._sent_functions:
             self._sent_functions.add(fn_id)
-            self.send((protocol.FN, fn_id, blob))
+            self.send(protocol.Fn(fn_id, blob))
 
     def submit(self, spec: Any) -> None:
-        self.send(spec.to_message())
+        self.send(protocol.Submit(spec.to_wire(), calls.current_id()))
 
     def cancel(self, oid: bytes, force: bool, recursive: bool) -> None:
-        self.send((protocol.CANCEL_REQ, oid, force, recursive))
+        self.send(protocol.CancelReq(oid, force, recursive))
 
     # -- streams --------------------------------------------------------------------------------------
     def stream_next(self, task_id: bytes, timeout: Optional[float]) -> Optional[bytes]:
-        reply = self.request(lambda req: (protocol.NEXT, req, task_id, timeout), timeout)
-        status = reply[2]
+        caller = calls.current_id()
+        reply = self.request(lambda req: protocol.Next(req, task_id, timeout, caller))
+        status = reply.status
         if status == protocol.TIMEOUT:
             raise GetTimeoutError(f"no item within {timeout} s")
         if status == protocol.END_OF_STREAM:
             return None
-        return reply[3]
+        return reply.body
 
     def stream_close(self, task_id: bytes) -> None:
-        self.send((protocol.CLOSE_REQ, task_id))
+        self.send(protocol.CloseReq(task_id))
+
+    # -- actors ------------------------------------------------------------------------------------------
+    def _actor_request(self, op: str, arg: Any) -> Any:
+        reply = self.request(lambda req: protocol.ActorReq(req, op, arg))
+        if reply.status == protocol.FAILED:
+            raise ValueError(reply.body)
+        return reply.body
+
+    def create_actor(self, spec: Any, class_name: str, name: Optional[str], descriptor: bytes,
+                     options: Dict[str, Any], get_if_exists: bool) -> Tuple[bytes, bytes]:
+        actor_id, found = self._actor_request("create", (
+            spec.to_wire(), class_name, name, descriptor, pickle.dumps(options), get_if_exists,
+            calls.current_id()))
+        return actor_id, found
+
+    def get_actor(self, name: str) -> Optional[Tuple[bytes, bytes]]:
+        found = self._actor_request("get", name)
+        return None if found is None else (found[0], found[1])
+
+    def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
+        self._actor_request("kill", (actor_id, no_restart))
 
     def close(self) -> None:
         self.closed = True

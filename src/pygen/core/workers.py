@@ -34,7 +34,7 @@ class WorkerHandle:
     """The node's view of one worker process."""
 
     def __init__(self, wid: int, pid: int, conn: Connection, pidfd: int,
-                 out_fds: "list[int]") -> None:
+                 out_fds: "list[int]", default_memory_limit: Optional[int] = None) -> None:
         self.id = wid
         self.pid = pid
         self.conn = conn
@@ -49,7 +49,8 @@ class WorkerHandle:
         self.running_since = 0.0            # when its current task started (as far as we know)
         self.reclaiming = False             # a RECLAIM is out, its answer not yet in
         self.sent_functions: set = set()
-        self.actor: Any = None
+        self.actor: Any = None              # the actor it hosts, for the actor's life
+        self.default_memory_limit = default_memory_limit  # init(worker_memory_limit=...)
         self.oom: Optional[tuple] = None    # (limit, peak) when the memory monitor killed it
         self.peak_rss = 0
         self.exit_status: Optional[int] = None
@@ -60,6 +61,16 @@ class WorkerHandle:
     def task(self) -> Any:
         """The task it is running now, if any."""
         return self.tasks[0] if self.tasks else None
+
+    @property
+    def memory_limit(self) -> Optional[int]:
+        """The private memory it may use now: its actor's, or its running task's limit."""
+        if self.actor is not None:
+            return self.actor.memory_limit
+        task = self.task
+        if task is None:
+            return None
+        return task.spec.memory or self.default_memory_limit
 
     def describe_exit(self) -> str:
         status = self.exit_status
@@ -101,7 +112,8 @@ class WorkerHandle:
         return 0
 
 
-def spawn(wid: int, store_fd: int, log_to_driver: bool) -> WorkerHandle:
+def spawn(wid: int, store_fd: int, log_to_driver: bool,
+          default_memory_limit: Optional[int] = None) -> WorkerHandle:
     """Start worker ``wid``.  Must run on the node's I/O thread (see PR_SET_PDEATHSIG)."""
     parent, child = socket_pair()
     if log_to_driver:
@@ -138,7 +150,7 @@ def spawn(wid: int, store_fd: int, log_to_driver: bool) -> WorkerHandle:
             os.close(err_w)
     pidfd = os.pidfd_open(pid)
     os.set_inheritable(pidfd, False)
-    return WorkerHandle(wid, pid, Connection(parent), pidfd, out_fds)
+    return WorkerHandle(wid, pid, Connection(parent), pidfd, out_fds, default_memory_limit)
 
 
 def kill(pid: int) -> None:

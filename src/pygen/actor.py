@@ -1,0 +1,250 @@
+"""``@pygen.remote`` on a class: ``ActorClass``, ``ActorHandle`` and ``ActorMethod``.
+
+    Counter = pygen.remote(Counter)          # ActorClass
+    c = Counter.remote(0)                    # ActorHandle: one process runs Counter(0)
+    ref = c.incr.remote()                    # ActorMethod.remote -> ObjectRef
+    gen = c.stream.remote(3)                 # a generator method -> ObjectRefGenerator
+
+A handle is a counted reference to its actor (on ``ids.actor_handle_id``), like an
+``ObjectRef`` is to its object: it pickles (into task arguments, other actors, stored
+values), and when the last handle in every process is gone the actor ends once its
+pending calls are done (as in Ray; ``lifetime="detached"`` keeps it until ``kill`` or
+``shutdown``).
+
+The execution model is decided here, from the class: any ``async def`` method makes an
+async actor (one asyncio loop, up to ``max_concurrency`` calls at once, default 1000);
+otherwise ``max_concurrency > 1`` makes a threaded actor; otherwise calls run one at a
+time, in order.
+"""
+from __future__ import annotations
+
+import inspect
+import pickle
+from typing import Any, Dict, Optional, Tuple
+
+from . import context, ids, options
+from .core import protocol
+from .object_ref import ObjectRef
+from .remote_function import _KINDS, _PickledFunction
+from .task_spec import TaskSpec, encode_args
+
+__all__ = ["ActorClass", "ActorHandle", "ActorMethod", "method"]
+
+DEFAULT_ASYNC_CONCURRENCY = 1000
+_METHOD_OPTIONS_ATTR = "__pygen_method_options__"
+
+
+def method(**method_options: Any) -> Any:
+    """Decorate an actor method with default options, e.g. ``@pygen.method(num_returns=2)``."""
+    checked = options.validate(options.METHOD_OPTIONS, method_options, "an actor method")
+
+    def mark(fn: Any) -> Any:
+        setattr(fn, _METHOD_OPTIONS_ATTR, checked)
+        return fn
+    return mark
+
+
+def _methods_of(cls: type) -> Dict[str, Dict[str, Any]]:
+    """Every method a handle offers: name -> its default options."""
+    found: Dict[str, Dict[str, Any]] = {}
+    for name, attr in inspect.getmembers(cls):
+        if name.startswith("__") and name.endswith("__"):
+            continue
+        fn = attr.__func__ if isinstance(attr, (classmethod, staticmethod)) else attr
+        if not callable(fn) or isinstance(fn, type):
+            continue
+        opts = dict(getattr(fn, _METHOD_OPTIONS_ATTR, {}))
+        if opts.get("num_returns") is None:
+            generator = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+            opts["num_returns"] = "streaming" if generator else 1
+        found[name] = opts
+    return found
+
+
+def _is_async(cls: type) -> bool:
+    return any(inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
+               for _, fn in inspect.getmembers(cls, inspect.isfunction))
+
+
+class _Descriptor:
+    """What a handle needs to know of its actor's class (shared by all its handles)."""
+
+    __slots__ = ("class_name", "methods", "max_task_retries", "blob")
+
+    def __init__(self, class_name: str, methods: Dict[str, Dict[str, Any]],
+                 max_task_retries: int) -> None:
+        self.class_name = class_name
+        self.methods = methods
+        self.max_task_retries = max_task_retries
+        self.blob = pickle.dumps((class_name, methods, max_task_retries))
+
+    @classmethod
+    def from_blob(cls, blob: bytes) -> "_Descriptor":
+        return cls(*pickle.loads(blob))
+
+
+class ActorClass:
+    """A class whose instances run in processes of their own: create one with ``.remote()``."""
+
+    def __init__(self, cls: type, actor_options: Dict[str, Any],
+                 _pickled: Optional[_PickledFunction] = None) -> None:
+        self._cls = cls
+        self._name = cls.__name__
+        self._options = options.with_defaults(options.ACTOR_OPTIONS, actor_options)
+        self._pickled = _pickled or _PickledFunction(cls)
+        self._methods = _methods_of(cls)
+        self._async = _is_async(cls)
+        self.__doc__ = cls.__doc__
+        self.__name__ = cls.__name__
+        self.__qualname__ = cls.__qualname__
+        self.__module__ = cls.__module__
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"actor class {self._name} cannot be instantiated directly: use "
+                        f"{self._name}.remote(...) to create an actor")
+
+    def options(self, **actor_options: Any) -> "ActorClass":
+        """A copy with some options changed (validated now, not at ``.remote()``)."""
+        checked = options.validate(options.ACTOR_OPTIONS, actor_options, f"actor {self._name}")
+        merged = dict(self._options)
+        merged.update(checked)
+        return ActorClass(self._cls, merged, self._pickled)
+
+    def _model(self) -> Tuple[int, int]:
+        """(execution model, max_concurrency)."""
+        limit = self._options["max_concurrency"]
+        if self._async:
+            return protocol.MODEL_ASYNC, limit or DEFAULT_ASYNC_CONCURRENCY
+        if limit is not None and limit > 1:
+            return protocol.MODEL_THREADED, limit
+        return protocol.MODEL_SYNC, 1
+
+    def remote(self, *args: Any, **kwargs: Any) -> "ActorHandle":
+        """Start the actor (its ``__init__`` runs in its own process) and return a handle."""
+        client = context.ensure()
+        opts = self._options
+        fn_id, blob = self._pickled.get()
+        client.register_function(fn_id, blob)
+        descriptor = _Descriptor(self._name, self._methods, opts["max_task_retries"])
+        model, concurrency = self._model()
+        task_id = ids.new_task_id()
+        payload, deps, contained = encode_args(client, task_id, args, kwargs,
+                                               f"{self._name}.__init__")
+        spec = TaskSpec(task_id, f"{self._name}.__init__", fn_id, payload, deps, contained,
+                        protocol.RETURNS_STATIC, 0, 0, False, opts["num_cpus"], opts["memory"],
+                        0, task_id, "__init__")
+        actor_options = {"model": model, "max_concurrency": concurrency,
+                         "max_restarts": opts["max_restarts"], "lifetime": opts["lifetime"]}
+        actor_id, found = client.create_actor(spec, self._name, opts["name"], descriptor.blob,
+                                              actor_options, opts["get_if_exists"])
+        if actor_id == task_id:
+            return ActorHandle(actor_id, descriptor, _registered=True)
+        return ActorHandle(actor_id, _Descriptor.from_blob(found))
+
+    def __repr__(self) -> str:
+        return f"ActorClass({self._name})"
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (ActorClass, (self._cls, self._options))
+
+
+class ActorHandle:
+    """A reference to a live actor: call its methods with ``handle.method.remote(...)``."""
+
+    __slots__ = ("_actor_id", "_descriptor", "_handle", "_method_cache", "__weakref__")
+
+    def __init__(self, actor_id: bytes, descriptor: _Descriptor, *,
+                 _registered: bool = False) -> None:
+        self._actor_id = actor_id
+        self._descriptor = descriptor
+        self._method_cache: Dict[str, ActorMethod] = {}
+        # counted like a ref: while any handle exists anywhere, the actor lives
+        self._handle = ObjectRef(ids.actor_handle_id(actor_id), _registered=_registered)
+
+    def __getattr__(self, name: str) -> "ActorMethod":
+        if name.startswith("__"):
+            raise AttributeError(name)
+        cached = self._method_cache.get(name)
+        if cached is not None:
+            return cached
+        descriptor = self._descriptor
+        if name not in descriptor.methods:
+            raise AttributeError(f"actor {descriptor.class_name} has no method {name!r}")
+        found = self._method_cache[name] = ActorMethod(self, name, descriptor.methods[name])
+        return found
+
+    def _client(self) -> context.Client:
+        return self._handle._live_client()
+
+    @property
+    def actor_id(self) -> bytes:
+        return self._actor_id
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
+
+    def __hash__(self) -> int:
+        return hash(self._actor_id)
+
+    def __repr__(self) -> str:
+        return f"ActorHandle({self._descriptor.class_name}, {self._actor_id.hex()})"
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        from . import serialization
+
+        collector = serialization.current_ref_collector()
+        if collector is not None:  # whatever holds this pickled handle keeps the actor
+            collector.append(ids.actor_handle_id(self._actor_id))
+        return (_rebuild_handle, (self._actor_id, self._descriptor.blob))
+
+
+def _rebuild_handle(actor_id: bytes, blob: bytes) -> ActorHandle:
+    return ActorHandle(actor_id, _Descriptor.from_blob(blob))
+
+
+class ActorMethod:
+    """One method of an actor: ``.remote(...)`` calls it, ``.options(...)`` changes how."""
+
+    __slots__ = ("_handle", "_name", "_options", "_cached")
+
+    def __init__(self, handle: ActorHandle, name: str, method_options: Dict[str, Any]) -> None:
+        self._handle = handle
+        self._name = name
+        self._options = method_options
+        self._cached: Optional[tuple] = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"actor method {self._handle._descriptor.class_name}.{self._name} "
+                        f"cannot be called directly: use handle.{self._name}.remote(...)")
+
+    def options(self, **method_options: Any) -> "ActorMethod":
+        checked = options.validate(options.METHOD_OPTIONS, method_options,
+                                   f"actor method {self._name}")
+        merged = dict(self._options)
+        merged.update(checked)
+        return ActorMethod(self._handle, self._name, merged)
+
+    def _submission(self) -> tuple:
+        if self._cached is None:
+            opts = self._options
+            num_returns = opts.get("num_returns", 1)
+            kind = _KINDS.get(num_returns, protocol.RETURNS_STATIC)
+            name = opts.get("name") or f"{self._handle._descriptor.class_name}.{self._name}"
+            self._cached = (name, kind, num_returns if kind == protocol.RETURNS_STATIC else 1,
+                            opts.get("generator_backpressure") or 0)
+        return self._cached
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        handle = self._handle
+        client = handle._client()
+        name, kind, num_returns, backpressure = self._submission()
+        task_id = ids.new_task_id()
+        payload, deps, contained = encode_args(client, task_id, args, kwargs, name)
+        spec = TaskSpec(task_id, name, b"", payload, deps, contained, kind, num_returns,
+                        handle._descriptor.max_task_retries, False, 0.0, None, backpressure,
+                        handle._actor_id, self._name)
+        client.submit(spec)
+        return spec.outputs(client)
+
+    def __repr__(self) -> str:
+        return f"ActorMethod({self._handle._descriptor.class_name}.{self._name})"
