@@ -125,3 +125,16 @@ def run_python(code: str, timeout: float = 60, env: "dict | None" = None):
         full_env.update(env)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=timeout, env=full_env)
+
+
+def touch(path: str, text: str = "") -> None:
+    """Create ``path`` with ``text`` atomically: whoever sees it sees all of it."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def wait_file(path: str, timeout: float = 20.0) -> bool:
+    """Wait for ``path`` to exist (a signal between a test and its tasks)."""
+    return wait_until(lambda: os.path.exists(path), timeout, 0.002)

@@ -281,6 +281,8 @@ class ActorTable:
         else:
             reason = f"the actor process (pid {w.pid}) {w.describe_exit()}"
         restart = not actor.no_restart and actor.restarts_left() and not self.node.closed
+        if not restart and actor.restarts:
+            reason += f" (after {actor.restarts} restart{'s' if actor.restarts > 1 else ''})"
         self._unblock_all(actor)
         in_flight = list(actor.in_flight.values())
         actor.in_flight.clear()
@@ -308,8 +310,6 @@ class ActorTable:
             actor.state = STARTING
             self.node.pool.for_actor(lambda nw: self._start_on(actor, nw))
             return
-        if actor.restarts:
-            reason += f" (after {actor.restarts} restart{'s' if actor.restarts > 1 else ''})"
         self._die(actor, reason)
 
     def _die(self, actor: ActorState, reason: str, finish_creation: bool = True) -> None:
