@@ -170,6 +170,14 @@ def check_pattern_generators(run: Run) -> None:
                         line), yielded
 
 
+def check_actor_generators(run: Run) -> None:
+    lines = run.lines()
+    # the three execution models stream the same five items, in order
+    assert lines[:15] == [str(i) for i in range(5)] * 3, lines
+    assert "items seen while it consumes: True" in lines, lines
+    assert lines[-1] == "sum of the stream: 10", lines
+
+
 def check_store_demo(run: Run) -> None:
     assert re.search(r"^\[parent pid=\d+\] store of \d+ MB", run.stdout, re.M), run.stdout
     assert re.search(r"^\[child  pid=\d+\] put 100 MB", run.stdout, re.M), run.stdout
@@ -179,6 +187,7 @@ def check_store_demo(run: Run) -> None:
 
 
 CHECKS = {
+    "actor_generators.py": check_actor_generators,
     "dynamic_generators.py": check_dynamic_generators,
     "generator_errors.py": check_generator_errors,
     "streaming_generators.py": check_streaming_generators,
@@ -198,7 +207,7 @@ def params():
     return out
 
 
-SEED_EXAMPLES = ["dynamic_generators.py", "generator_errors.py", "pattern_generators.py",
+SEED_EXAMPLES = ["actor_generators.py", "dynamic_generators.py", "generator_errors.py", "pattern_generators.py",
                  "streaming_generators.py", "streaming_intro.py"]
 
 
