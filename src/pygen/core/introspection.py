@@ -28,13 +28,17 @@ class Introspection:
             "worker_pid": task.worker.pid if task.worker is not None else None,
             "cancelled": task.cancelled,
             "error": task.error,
-            "num_returns": returns_label(task.spec),
+            "num_returns": returns_label(task.spec.returns_kind, task.spec.num_returns),
         }
 
     def list_tasks(self) -> List[dict]:
         node = self.node
         with node.lock:
-            finished = [dict(f._asdict(), worker_pid=None) for f in node.tasks.history]
+            finished = [{"task_id": f.task_id.hex(), "name": f.name, "state": f.state,
+                         "attempt": f.attempt, "worker_pid": None, "cancelled": f.cancelled,
+                         "error": f.error,
+                         "num_returns": returns_label(f.returns_kind, f.num_returns)}
+                        for f in node.tasks.history]
             return finished + [self._describe_task(t) for t in node.tasks.values()]
 
     def list_actors(self) -> List[dict]:

@@ -300,7 +300,9 @@ class Node:
     def submit(self, spec: TaskSpec, owner: int, parent: Optional[bytes] = None) -> None:
         with self.lock:
             self.submit_locked(spec, owner, parent)
-        self.run_callbacks()
+            self.outbox.flush_due()  # a burst of submissions is written together
+        if self.objects.callbacks:
+            self.run_callbacks()
 
     def submit_locked(self, spec: TaskSpec, owner: int, parent: Optional[bytes]) -> None:
         self._admit(Task(spec, owner, parent))
@@ -323,7 +325,8 @@ class Node:
             completion = ids.completion_id(spec.task_id)
             objects.create(completion).internal += 1
             handle.add_contained(completion)
-        task.kept = objects.add_internal(list(spec.deps) + list(spec.contained))
+        if spec.deps or spec.contained:
+            task.kept = objects.add_internal(list(spec.deps) + list(spec.contained))
         args_oid = spec.args_oid()
         if args_oid is not None:  # kept by the task from before it is ready, or it is freed
             objects.create(args_oid).internal += 1
@@ -375,7 +378,7 @@ class Node:
         if spec.method is None and spec.fn_id not in w.sent_functions:
             blob = self.functions[spec.fn_id]
             w.sent_functions.add(spec.fn_id)
-        deps = [(dep, self.payload_for_reading(dep)) for dep in spec.deps]
+        deps = [(dep, self.payload_for_reading(dep)) for dep in spec.deps] if spec.deps else []
         if spec.returns_kind == protocol.RETURNS_STATIC:
             skip = task.reported
         elif spec.returns_kind == protocol.RETURNS_STREAMING:

@@ -65,19 +65,20 @@ class Task:
 
 class FinishedTask(NamedTuple):
     """What ``list_tasks`` shows of a task that is over."""
-    task_id: str
+    task_id: bytes
     name: str
     state: str
     attempt: int
     cancelled: bool
     error: Optional[str]
-    num_returns: object
+    returns_kind: int
+    num_returns: int
 
 
-def returns_label(spec: TaskSpec) -> object:
-    if spec.returns_kind == protocol.RETURNS_STATIC:
-        return spec.num_returns
-    return "dynamic" if spec.returns_kind == protocol.RETURNS_DYNAMIC else "streaming"
+def returns_label(returns_kind: int, num_returns: int) -> object:
+    if returns_kind == protocol.RETURNS_STATIC:
+        return num_returns
+    return "dynamic" if returns_kind == protocol.RETURNS_DYNAMIC else "streaming"
 
 
 class TaskTable:
@@ -106,9 +107,10 @@ class TaskTable:
             parent = self.live.get(task.parent)
             if parent is not None:
                 parent.children.discard(task.spec.task_id)
-        self.history.append(FinishedTask(task.spec.task_id.hex(), task.spec.name, how,
-                                         task.attempt, task.cancelled, task.error,
-                                         returns_label(task.spec)))
+        spec = task.spec
+        self.history.append(FinishedTask(spec.task_id, spec.name, how, task.attempt,
+                                         task.cancelled, task.error, spec.returns_kind,
+                                         spec.num_returns))
 
     def __getitem__(self, task_id: bytes) -> Task:
         return self.live[task_id]

@@ -82,14 +82,6 @@ class Connection:
             self._out += _LEN.pack(len(body))
             self._out += body
 
-    def send_many(self, msgs: List[Any]) -> bool:
-        with self._send_lock:
-            for msg in msgs:
-                body = marshal.dumps(encode(msg))
-                self._out += _LEN.pack(len(body))
-                self._out += body
-            return self._flush_locked()
-
     def flush(self) -> bool:
         with self._send_lock:
             return self._flush_locked()
@@ -97,6 +89,10 @@ class Connection:
     @property
     def pending_output(self) -> bool:
         return bool(self._out)
+
+    @property
+    def queued_bytes(self) -> int:
+        return len(self._out)
 
     def _flush_locked(self) -> bool:
         out = self._out
@@ -113,11 +109,6 @@ class Connection:
                 raise
             del out[:n]
         return True
-
-    def send_blocking(self, msg: Any) -> None:
-        """Send and wait until the whole frame is in the socket (used by workers)."""
-        if not self.send(msg):
-            self.drain_output()
 
     def drain_output(self) -> None:
         while not self.flush():

@@ -56,6 +56,7 @@ class WorkerHandle:
         self.exit_status: Optional[int] = None
         self.idle_since = 0.0
         self.fds_closed = False
+        self.flushed_at = 0.0                # when the node last wrote to it (Outbox)
 
     @property
     def task(self) -> Any:
