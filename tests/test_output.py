@@ -407,3 +407,76 @@ def test_forwarding_inside_this_process(capfd):
         assert f"(hello_capfd pid={pid}) hello capfd" in seen
     finally:
         pygen.shutdown()
+
+
+def _spawn_driver(body: str, cpus: int = 2) -> subprocess.Popen:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    code = PRELUDE.format(cpus=cpus, log=True) + body
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+
+
+def test_a_slow_reader_of_stdout_stalls_only_the_worker_that_prints():
+    """Nobody reads the driver's stdout until the end: the worker that floods it waits,
+    while an unrelated task's result arrives (the node's I/O thread never writes to the
+    driver's streams itself).  Afterwards every line arrives, in order."""
+    proc = _spawn_driver("""
+@pygen.remote
+def flood(n):
+    for i in range(n):
+        print(f"flood {i:07d} " + "y" * 200)
+    return n
+
+@pygen.remote
+def quick(x):
+    time.sleep(0.2)   # longer than the getter's spin: the I/O thread delivers the result
+    return x + 1
+
+f = flood.remote(100_000)                     # ~21 MB of output: far more than any pipe
+time.sleep(0.5)                                # it floods; nobody reads the driver's stdout
+assert pygen.get(quick.remote(1), timeout=60) == 2
+sys.stderr.write("QUICK OK\\n"); sys.stderr.flush()
+assert pygen.get(f, timeout=120) == 100_000
+pygen.shutdown()
+sys.stderr.write("DONE\\n"); sys.stderr.flush()
+""")
+    try:
+        # read stderr only: stdout stays unread until the quick task has answered
+        first = proc.stderr.readline().decode()
+        assert first == "QUICK OK\n", first + proc.stderr.read().decode()[-2000:]
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err.decode()[-3000:]
+    lines = prefixed(out.decode(), "flood")
+    assert len(lines) == 100_000
+    assert lines == sorted(lines)
+
+
+def test_a_huge_line_without_newline_is_forwarded_in_pieces_with_bounded_memory():
+    """100 MB without a newline: forwarded in 1 MiB pieces, each prefixed; the driver does
+    not hold (nor re-copy) the whole line."""
+    proc = _spawn_driver("""
+import resource
+@pygen.remote
+def huge():
+    chunk = b"z" * (1 << 20)
+    for _ in range(100):
+        os.write(1, chunk)
+    return os.getpid()
+
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+pid = pygen.get(huge.remote(), timeout=120)
+pygen.shutdown()
+grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+sys.stderr.write(f"PID {pid} GREW_KB {grew}\\n")
+""")
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err.decode()[-3000:]
+    pid, grew = re.search(r"PID (\d+) GREW_KB (\d+)", err.decode()).groups()
+    pieces = prefixed(out.decode(), "huge", int(pid))
+    assert [len(p) for p in pieces] == [1 << 20] * 100
+    assert set("".join(pieces)) == {"z"}
+    assert int(grew) < 60 * 1024, f"the driver grew by {grew} kB for a 100 MB line"

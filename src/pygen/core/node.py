@@ -137,6 +137,7 @@ class Node:
         self.reactor.stop()
         with self.lock:
             self.pool.close_all()
+        self.pool.writer.close()  # what the workers printed reaches the driver's streams
         self.spill.close()
         self.reactor.close()
 

@@ -52,6 +52,7 @@ class WorkerPool:
         self.starting = 0
         self._ids = itertools.count(1)
         self._forwarders: Dict[int, output.LineForwarder] = {}
+        self.writer = output.OutputWriter()   # writes forwarded lines, off the I/O thread
         self._monitoring = False
         self.failed_starts = 0           # workers that died before Hello, in a row
         # actors waiting for a worker of their own: called with it once it said Hello
@@ -128,7 +129,8 @@ class WorkerPool:
             reactor.add(w.pidfd, lambda ev, w=w: self._on_exit(w))
             for i, fd in enumerate(w.out_fds):
                 fwd = self._forwarders[fd] = output.LineForwarder(
-                    w.pid, "worker", _stderr if i else _stdout)
+                    w.pid, "worker", _stderr if i else _stdout, self.writer,
+                    on_drained=lambda fd=fd: reactor.call_soon(lambda: self._resume(fd)))
                 reactor.add(fd, lambda ev, fd=fd, fwd=fwd: self._on_output(fd, fwd))
         node.run_callbacks()
 
@@ -162,10 +164,17 @@ class WorkerPool:
             data = b""
         if data:
             fwd.feed(data)
-            reactor.rearm(fd)
+            if not self.writer.pause_if_full(fwd):
+                reactor.rearm(fd)
+            # else: the driver's stream is slow; this worker's pipe is read again once the
+            # writer caught up (_resume), and until then only this worker waits
         else:
             fwd.close()
             reactor.remove(fd)
+
+    def _resume(self, fd: int) -> None:
+        if fd in self._forwarders:
+            self.node.reactor.rearm(fd)
 
     def drain_output(self, w: workers.WorkerHandle) -> None:
         """Forward whatever a dead worker left in its pipes."""
