@@ -649,3 +649,154 @@ def test_reserved_arena_survives_a_full_dev_shm(tmp_path):
     assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr)
     assert "put VALUES [0, 1, 2]" in proc.stdout, proc.stdout
     assert "return VALUES [0, 1, 2]" in proc.stdout, proc.stdout
+
+
+# -- fork after init (SPEC §1: the child does not own the runtime) ---------------------------------
+
+FORK = """
+import json, os, sys
+import pygen
+MiB = 2**20
+pygen.init(num_cpus=1, object_store_memory=64 * MiB)
+
+@pygen.remote
+def add(a, b):
+    return a + b
+
+@pygen.remote
+def count(n):
+    yield from range(n)
+
+old = add.remote(1, 1)
+assert pygen.get(old, timeout=60) == 2
+gen = count.remote(3)
+
+def in_child(body):
+    # body() runs in a forked child that then leaves by sys.exit: atexit handlers run
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            report = body()
+        except BaseException as e:
+            report = ["raised", type(e).__name__, str(e)]
+        os.write(w, json.dumps(report).encode())
+        os.close(w)
+        sys.exit(0)
+    os.close(w)
+    data = b""
+    while True:
+        chunk = os.read(r, 65536)
+        if not chunk:
+            break
+        data += chunk
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    return [os.waitstatus_to_exitcode(status), json.loads(data)]
+
+def use_pygen():
+    out = {"initialized": pygen.is_initialized()}
+    uses = {
+        "remote": lambda: add.remote(1, 2),
+        "put": lambda: pygen.put(1),
+        "get": lambda: pygen.get(old, timeout=10),
+        "wait": lambda: pygen.wait([old], timeout=10),
+        "next": lambda: next(gen),
+        "state": lambda: pygen.state.list_tasks(),
+    }
+    for name, use in uses.items():
+        try:
+            use()
+            out[name] = "no error"
+        except RuntimeError as e:
+            out[name] = str(e)
+        except Exception as e:
+            out[name] = f"{type(e).__name__}: {e}"
+    pygen.shutdown()  # not this process's runtime: nothing to do
+    pygen.init(num_cpus=1, object_store_memory=64 * MiB)
+    out["own"] = pygen.get(add.remote(20, 22), timeout=60)
+    try:
+        pygen.get(old, timeout=10)
+        out["old_after_init"] = "no error"
+    except RuntimeError as e:
+        out["old_after_init"] = str(e)
+    return out  # the child's own runtime is shut down by its atexit handler
+
+print("EXIT", json.dumps(in_child(lambda: "exited")), flush=True)
+print("AFTER-EXIT", pygen.get(add.remote(2, 3), timeout=30), flush=True)
+print("USE", json.dumps(in_child(use_pygen)), flush=True)
+print("AFTER-USE", pygen.get(add.remote(3, 4), timeout=30),
+      [pygen.get(r, timeout=30) for r in gen], flush=True)
+pygen.shutdown()
+print("DONE", flush=True)
+"""
+
+
+def test_fork_child_never_touches_the_parents_runtime():
+    proc = run_python(FORK, timeout=180)
+    lines = {ln.split(" ", 1)[0]: ln.split(" ", 1)[1] for ln in proc.stdout.splitlines()
+             if " " in ln}
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    # a child that simply exits (running pygen's atexit handler) leaves the parent working
+    assert json.loads(lines["EXIT"]) == [0, "exited"]
+    assert lines["AFTER-EXIT"] == "5"
+    code, report = json.loads(lines["USE"])
+    assert code == 0, report
+    assert report["initialized"] is False
+    for use in ("remote", "put", "get", "wait", "next", "state"):
+        assert "pygen.init()" in report[use] and "fork" in report[use], (use, report[use])
+    # after init in the child it has a runtime of its own; the parent's refs stay refused
+    assert report["own"] == 42
+    assert "parent" in report["old_after_init"], report["old_after_init"]
+    assert lines["AFTER-USE"] == "7 [0, 1, 2]"
+    assert "DONE" in proc.stdout
+
+
+@pygen.remote(max_retries=0)
+def fork_in_task(how):
+    """Fork inside a task; the child ends as ``how`` says. Returns (child's exit code,
+    what it reported, the task's own pid)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        if how == "use":
+            try:
+                pygen.put(1)
+                report = "no error"
+            except RuntimeError as e:
+                report = str(e)
+            os.write(w, report.encode())
+            os._exit(0)
+        if how == "exit":
+            sys.exit(7)
+        if how == "raise":
+            raise ValueError("raised in the child")
+        return "returned by the child"  # back into the worker's loop, which is not its own
+    os.close(w)
+    report = b""
+    while True:
+        chunk = os.read(r, 65536)
+        if not chunk:
+            break
+        report += chunk
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), report.decode(), os.getpid()
+
+
+def test_fork_inside_a_task_never_speaks_for_the_worker():
+    """A child forked by a task never reports for it nor reads the worker's socket: the
+    task's result is the parent's, the child exits as it says, the worker goes on."""
+    pygen.init(num_cpus=1, object_store_memory=STORE)
+    worker = pygen.get(getpid.remote(), timeout=60)
+    code, report, pid = pygen.get(fork_in_task.remote("use"), timeout=60)
+    assert (code, pid) == (0, worker)
+    assert "pygen.init()" in report and "fork" in report, report
+    assert pygen.get(fork_in_task.remote("exit"), timeout=60) == (7, "", worker)
+    assert pygen.get(fork_in_task.remote("raise"), timeout=60) == (1, "", worker)
+    assert pygen.get(fork_in_task.remote("return"), timeout=60) == (1, "", worker)
+    # the same worker still serves tasks, with nothing lost or answered twice
+    assert pygen.get([add.remote(i, 1) for i in range(20)], timeout=60) == list(range(1, 21))
+    assert pygen.get(getpid.remote(), timeout=60) == worker

@@ -16,6 +16,16 @@ __all__ = ["init", "shutdown", "is_initialized", "remote", "put", "get", "wait",
 _lock = threading.RLock()
 _atexit_registered = False
 
+
+def _fresh_lock_after_fork() -> None:
+    # a thread of the parent may have held it when the child was forked
+    global _lock
+    _lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_lock_after_fork)
+
 # Smallest arena worth starting: room for the object table and a few large values.
 MIN_OBJECT_STORE_MEMORY = 16 * 2**20
 # Share of RAM the arena takes by default (as Ray does), bounded by /dev/shm's free space.
@@ -112,7 +122,11 @@ def _store_size(requested: Optional[int]) -> int:
 
 
 def shutdown() -> None:
-    """Stop the workers and remove the store; a later ``init`` starts afresh."""
+    """Stop the workers and remove the store; a later ``init`` starts afresh.
+
+    Only the process that started the runtime shuts it down: in a child forked after
+    ``init`` (whose exit runs this through ``atexit``) there is nothing to shut down.
+    """
     if _in_worker():
         return
     with _lock:

@@ -181,6 +181,10 @@ class Executor:
         except BaseException as exc:
             self._fail(state, exc)
             return
+        if self.client.forked:
+            raise RuntimeError(
+                f"a process forked by task {state.name} returned from the task into the "
+                f"pygen worker, which is not its own: end a forked child with os._exit()")
         if type(result) in _GENERATOR_TYPES:
             self._run_generator(state, result)
         elif state.kind != protocol.RETURNS_STATIC:
@@ -269,6 +273,8 @@ class Executor:
         return (sv.flags, sv.to_bytes(), sv.total_size), retryable
 
     def _fail(self, state: Running, exc: BaseException) -> None:
+        if self.client.forked:
+            raise exc  # a child the task forked is leaving (sys.exit...): its end, not the task's
         payload, retryable = self._error_payload(state, exc)
         if state.kind == protocol.RETURNS_STATIC:
             returns = [(i, payload, []) for i in range(state.num_returns)]

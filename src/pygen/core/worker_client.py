@@ -22,7 +22,7 @@ import os
 import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .. import ids, serialization
+from .. import context, ids, serialization
 from ..exceptions import GetTimeoutError, ObjectLostError, raisable
 from . import protocol, values
 from .transport import SPIN_SECONDS, Connection, ConnectionClosed
@@ -30,6 +30,7 @@ from .transport import SPIN_SECONDS, Connection, ConnectionClosed
 
 class WorkerClient:
     is_worker = True
+    forked = False  # set in a forked child's copy (context._after_fork)
 
     def __init__(self, conn: Connection, store: Any, worker_id: int) -> None:
         self.conn = conn
@@ -62,6 +63,8 @@ class WorkerClient:
         it: ``msg`` may carry a value that contains them, and the node must learn about
         the container before the refs inside it may go.
         """
+        if self.forked:
+            self._refuse_in_fork()
         self.busy += 1
         try:
             added, removed = self._ref_changes()
@@ -87,6 +90,8 @@ class WorkerClient:
 
     def flush(self) -> None:
         """Write pending ref changes and every queued message."""
+        if self.forked:
+            self._refuse_in_fork()
         added, removed = self._ref_changes()
         if added or removed:
             self.conn.queue((protocol.REFS, added, removed))
@@ -150,6 +155,8 @@ class WorkerClient:
                 self._reader.release()
 
     def _read_locked(self) -> None:
+        if self.forked:
+            self._refuse_in_fork()
         try:
             msgs = self.conn.read_messages()
         except ConnectionClosed:
@@ -182,6 +189,8 @@ class WorkerClient:
     # -- objects ---------------------------------------------------------------------------------
     def encode(self, value: Any, oid: bytes, *, error: bool = False) -> Tuple[tuple, List[bytes]]:
         """Serialize ``value``: inline payload, or written into the store under ``oid``."""
+        if self.forked:
+            self._refuse_in_fork()
         self.busy += 1
         try:
             return values.encode(value, oid, self.store, self._make_room, error=error)
@@ -189,6 +198,8 @@ class WorkerClient:
             self.busy -= 1
 
     def store_value(self, sv: serialization.SerializedValue, oid: bytes) -> None:
+        if self.forked:
+            self._refuse_in_fork()
         values.store_with_room(sv, self.store, oid, self._make_room)
 
     def _make_room(self, nbytes: int) -> bool:
@@ -196,6 +207,8 @@ class WorkerClient:
         return bool(self.request(lambda req: (protocol.ROOM, req, nbytes))[3])
 
     def decode(self, oid: bytes, payload: tuple) -> Tuple[int, Any]:
+        if self.forked:
+            self._refuse_in_fork()
         flags, inline, _ = payload
         if inline is not None:
             return serialization.deserialize(inline)
@@ -260,4 +273,10 @@ class WorkerClient:
 
     def close(self) -> None:
         self.closed = True
+
+    @staticmethod
+    def _refuse_in_fork() -> None:
+        """A process forked by a task must never speak for its worker: the socket, the
+        store slot and the task belong to the worker (see context._after_fork)."""
+        raise context.forked_error("the worker's connection and object store")
 
