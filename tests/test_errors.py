@@ -180,6 +180,48 @@ def test_builtin_exception_with_attributes_reads_through():
     assert isinstance(info.value, TaskError)
 
 
+@pygen.remote
+def leave(how):
+    if how == "sys.exit":
+        import sys
+        sys.exit(3)
+    raise KeyboardInterrupt
+
+
+@pygen.remote
+def leave_after_yield(how):
+    yield 1
+    if how == "sys.exit":
+        import sys
+        sys.exit(3)
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("how,cause", [("sys.exit", SystemExit),
+                                       ("KeyboardInterrupt", KeyboardInterrupt)])
+@pytest.mark.parametrize("kind", ["task", "stream item"])
+def test_system_exit_and_keyboard_interrupt_reach_the_caller_as_an_exception(how, cause, kind):
+    """SPEC §6: never an error that exits or interrupts the caller."""
+    caught = None
+    try:
+        if kind == "task":
+            pygen.get(leave.remote(how), timeout=30)
+        else:
+            gen = leave_after_yield.remote(how)
+            assert pygen.get(next(gen), timeout=30) == 1
+            pygen.get(next(gen), timeout=30)
+    except Exception as err:  # what a caller's `except Exception` must catch
+        caught = err
+    except BaseException as err:  # noqa: B036 -- the bug: it would exit or interrupt pytest
+        pytest.fail(f"the caller got a {type(err).__mro__} that is not an Exception")
+    assert isinstance(caught, TaskError), repr(caught)
+    assert not isinstance(caught, (SystemExit, KeyboardInterrupt))
+    assert type(caught.cause) is cause
+    assert str(caught).startswith(f"{cause.__name__} in task ")
+    if how == "sys.exit":
+        assert caught.cause.code == 3
+
+
 def test_unpicklable_exception_arrives_as_task_error():
     with pytest.raises(TaskError) as info:
         pygen.get(raise_error.remote(LockError, "holds a lock"), timeout=30)

@@ -155,11 +155,17 @@ class TaskError(PygenError):
         return cls(function_name, tb, exc, pid)
 
     def as_instanceof_cause(self) -> "TaskError":
-        """A TaskError that is also an instance of ``type(self.cause)``."""
+        """A TaskError that is also an instance of ``type(self.cause)``.
+
+        Not for a cause that is not an ``Exception`` (``SystemExit``,
+        ``KeyboardInterrupt``, ``GeneratorExit``): a task that called ``sys.exit`` must
+        not exit its caller, so the caller gets the plain TaskError, which ``except
+        Exception`` catches; ``.cause`` still holds the original.
+        """
         cause_cls = type(self.cause)
         if isinstance(self.cause, TaskError):
             return self.cause.as_instanceof_cause()
-        if issubclass(TaskError, cause_cls):  # Exception, BaseException, PygenError
+        if issubclass(TaskError, cause_cls) or not issubclass(cause_cls, Exception):
             return self
         derived = _dual_class(cause_cls)
         if derived is None:
