@@ -206,12 +206,16 @@ def test_num_cpus_zero_stores_objects_but_cannot_run_tasks():
     (dict(num_cpus="2"), TypeError, "num_cpus"),
     (dict(num_cpus=True), TypeError, "num_cpus"),
     (dict(num_cpus=-1), ValueError, "num_cpus"),
+    (dict(num_cpus=float("nan")), ValueError, "num_cpus"),
+    (dict(num_cpus=float("inf")), ValueError, "num_cpus"),
     (dict(object_store_memory="1GB"), TypeError, "object_store_memory"),
+    (dict(object_store_memory=float("inf")), TypeError, "object_store_memory"),
     (dict(object_store_memory=1.5e8), TypeError, "object_store_memory"),
     (dict(object_store_memory=1000), ValueError, "object_store_memory"),
     (dict(object_store_memory=-STORE), ValueError, "object_store_memory"),
     (dict(worker_memory_limit=0), ValueError, "worker_memory_limit"),
     (dict(worker_memory_limit="1G"), TypeError, "worker_memory_limit"),
+    (dict(worker_memory_limit=float("nan")), TypeError, "worker_memory_limit"),
     (dict(spill_dir="/nonexistent/pygen/spill"), ValueError, "spill_dir"),
 ])
 def test_bad_init_arguments(kwargs, exc, word):

@@ -102,6 +102,13 @@ def test_options_override_and_keep_the_original():
     (dict(max_retries=-2), ValueError, "max_retries"),
     (dict(num_cpus=-1), ValueError, "num_cpus"),
     (dict(num_cpus="1"), TypeError, "num_cpus"),
+    (dict(num_cpus=float("nan")), ValueError, "num_cpus"),
+    (dict(num_cpus=float("inf")), ValueError, "num_cpus"),
+    (dict(num_cpus=float("-inf")), ValueError, "num_cpus"),
+    (dict(memory=float("nan")), TypeError, "memory"),
+    (dict(memory=float("inf")), TypeError, "memory"),
+    (dict(generator_backpressure=float("inf")), TypeError, "generator_backpressure"),
+    (dict(max_retries=float("nan")), TypeError, "max_retries"),
     (dict(retry_exceptions=[1]), TypeError, "retry_exceptions"),
     (dict(retry_exceptions="yes"), TypeError, "retry_exceptions"),
     (dict(memory=0), ValueError, "memory"),
@@ -204,6 +211,28 @@ def test_get_timeout():
     assert time.monotonic() - t < 1.5
     assert isinstance(GetTimeoutError("x"), TimeoutError)
     assert pygen.get(ref, timeout=10) == 1
+
+
+def test_timeout_nan_or_negative_is_refused_and_infinite_waits_for_ever():
+    @pygen.remote
+    def one_item():
+        yield 1
+
+    ref = pygen.put(1)
+    gen = one_item.remote()
+    calls = {"get": lambda t: pygen.get(ref, timeout=t),
+             "get list": lambda t: pygen.get([ref], timeout=t),
+             "wait": lambda t: pygen.wait([ref], timeout=t),
+             "next_ready": lambda t: gen.next_ready(t)}
+    for name, call in calls.items():
+        for bad in (float("nan"), -1.0, float("-inf")):
+            with pytest.raises(ValueError, match="timeout"):
+                call(bad)
+        with pytest.raises(TypeError, match="timeout"):
+            call("1")
+    assert pygen.get(ref, timeout=float("inf")) == 1
+    assert pygen.wait([ref], timeout=float("inf")) == ([ref], [])
+    assert pygen.get(gen.next_ready(float("inf")), timeout=float("inf")) == 1
 
 
 def test_get_rejects_non_refs():

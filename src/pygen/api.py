@@ -77,10 +77,7 @@ def init(num_cpus: Optional[float] = None, object_store_memory: Optional[int] = 
                                "or pass ignore_reinit_error=True")
         if num_cpus is None:
             num_cpus = float(os.cpu_count() or 1)
-        elif isinstance(num_cpus, bool) or not isinstance(num_cpus, numbers.Real):
-            raise TypeError(f"num_cpus must be a number, got {type(num_cpus).__name__}")
-        elif num_cpus < 0:
-            raise ValueError(f"num_cpus must be >= 0, got {num_cpus}")
+        num_cpus = options.cpu_count("num_cpus", num_cpus)
         size = _store_size(object_store_memory)
         if worker_memory_limit is not None:
             options.TASK_OPTIONS["memory"][1]("worker_memory_limit", worker_memory_limit)
@@ -175,18 +172,9 @@ def put(value: Any) -> ObjectRef:
     return ObjectRef._registered_with(client.put(value), client)
 
 
-def _check_timeout(timeout: Optional[float]) -> None:
-    if timeout is None:
-        return
-    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
-        raise TypeError(f"timeout must be a number of seconds or None, got {type(timeout).__name__}")
-    if timeout < 0:
-        raise ValueError(f"timeout must be >= 0, got {timeout}")
-
-
 def get(refs: Union[ObjectRef, Sequence[ObjectRef]], *, timeout: Optional[float] = None) -> Any:
     """The value of a ref, or the values of a list of refs; raises a task's error."""
-    _check_timeout(timeout)
+    timeout = options.timeout_seconds(timeout)
     if isinstance(refs, ObjectRef):
         return refs._live_client().get([refs.binary()], timeout)[0]
     if isinstance(refs, (ObjectRefGenerator,)):
@@ -216,7 +204,7 @@ def wait(refs: Sequence[Union[ObjectRef, ObjectRefGenerator]], *, num_returns: i
     ``ready`` holds at most ``num_returns`` entries.  ``fetch_local`` is accepted for
     compatibility: on one machine every object is local.
     """
-    _check_timeout(timeout)
+    timeout = options.timeout_seconds(timeout)
     if isinstance(refs, (ObjectRef, ObjectRefGenerator)) or not isinstance(refs, (list, tuple)):
         raise TypeError("pygen.wait() takes a list of ObjectRefs and ObjectRefGenerators")
     if isinstance(num_returns, bool) or not isinstance(num_returns, numbers.Integral):
