@@ -89,10 +89,17 @@ def init(num_cpus: Optional[float] = None, object_store_memory: Optional[int] = 
         from .core.node import Node
 
         store = _store.Store.create(size)
-        store.unlink()  # from now on only descriptors keep the arena: nothing can be left behind
-        node = Node(float(num_cpus), store, worker_memory_limit=worker_memory_limit,
-                    spill_dir=spill_dir, log_to_driver=log_to_driver)
-        node.start()
+        node = None
+        try:
+            store.unlink()  # from now on only descriptors keep the arena: nothing is left behind
+            node = Node(float(num_cpus), store, worker_memory_limit=worker_memory_limit,
+                        spill_dir=spill_dir, log_to_driver=log_to_driver)
+            node.start()
+        except BaseException:  # a failed init leaves nothing behind (SPEC §1)
+            if node is not None:
+                node.shutdown()
+            store.close()
+            raise
         context.set_current(DriverClient(node))
         if not _atexit_registered:
             atexit.register(shutdown)
