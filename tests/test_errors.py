@@ -15,7 +15,7 @@ import pytest
 import pygen
 from pygen.exceptions import PygenError, TaskError, WorkerCrashedError
 
-from conftest import child_pids, wait_until
+from conftest import child_pids, run_python, wait_until
 
 pytestmark = pytest.mark.usefixtures("session")
 
@@ -241,13 +241,59 @@ def test_exception_with_extra_constructor_args_that_pickles():
 
 
 def test_exception_with_extra_constructor_args():
-    # pickles, but its default reduce cannot rebuild it: still a TaskError with the text
-    with pytest.raises(TaskError) as info:
+    """SPEC §6: it pickles, but calling its class with its args cannot rebuild it: it
+    keeps its class and attributes all the same."""
+    with pytest.raises(TwoArgError) as info:
         pygen.get(raise_error.remote(TwoArgError, 7, "seven"), timeout=30)
-    text = str(info.value)
-    assert "TwoArgError" in text
-    assert "code=7 detail=seven" in text
-    assert "raise_error" in text
+    err = info.value
+    assert isinstance(err, TaskError)
+    assert type(err.cause) is TwoArgError
+    assert (err.cause.code, err.cause.detail) == (7, "seven")
+    assert (err.code, err.detail) == (7, "seven")  # read through the TaskError too
+    assert err.cause.args == ("code=7 detail=seven",)
+    text = str(err)
+    assert text.startswith("TwoArgError in task raise_error")
+    assert "code=7 detail=seven" in text and "raise_error" in text
+
+
+class TwoArgKeyError(KeyError):
+    def __init__(self, key, why):
+        super().__init__(key)
+        self.why = why
+
+
+def test_builtin_subclass_with_extra_constructor_args_keeps_class_and_attributes():
+    with pytest.raises(TwoArgKeyError) as info:
+        pygen.get(raise_error.remote(TwoArgKeyError, "k", "gone"), timeout=30)
+    assert isinstance(info.value, KeyError) and info.value.cause.why == "gone"
+    assert info.value.cause.args == ("k",)
+
+
+HARD_TO_CARRY = """
+import pygen
+
+class E(Exception):
+    def __init__(self, a, b):
+        super().__init__(f"a={a}")
+        self.a = a
+        self.b = b
+
+@pygen.remote
+def fail():
+    raise E(1, [2, 3])
+
+pygen.init(num_cpus=1, object_store_memory=64 * 2**20)
+try:
+    pygen.get(fail.remote(), timeout=60)
+except E as e:
+    print("CAUGHT", type(e.cause) is E, e.cause.a, e.cause.b, str(e).split(" (pid=")[0])
+"""
+
+
+def test_exception_defined_in_main_with_two_arg_init_is_caught_by_its_class():
+    proc = run_python(HARD_TO_CARRY, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "CAUGHT True 1 [2, 3] E in task fail", proc.stdout
 
 
 def test_unpicklable_return_value_is_a_task_error():

@@ -135,7 +135,19 @@ class TaskError(PygenError):
         super().__init__(function_name, traceback_str, cause, pid)
 
     def __reduce__(self):
-        return (TaskError, (self.function_name, self.traceback_str, self.cause, self.pid))
+        cause: Any = self.cause
+        if self.__dict__.get("_cause_by_state"):
+            cause = _CauseByState(cause)
+        return (TaskError, (self.function_name, self.traceback_str, cause, self.pid))
+
+    def with_cause_by_state(self) -> "TaskError":
+        """A copy whose cause travels by state: rebuilt from its class, ``args`` and
+        attributes without calling its ``__init__``.  For a cause that pickles but cannot
+        be rebuilt by calling its class with its ``args`` (an ``__init__(self, a, b)``
+        that passes one message up): it keeps its class, so ``except E`` catches it."""
+        err = TaskError(self.function_name, self.traceback_str, self.cause, self.pid)
+        err._cause_by_state = True
+        return err
 
     def __str__(self) -> str:
         where = f" (pid={self.pid})" if self.pid is not None else ""
@@ -188,6 +200,28 @@ class TaskError(PygenError):
         err.cause = self.cause
         err.pid = self.pid
         return err
+
+
+class _CauseByState:
+    """Pickles as the exception it wraps, rebuilt by ``_rebuild_by_state``."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __reduce__(self):
+        exc = self.exc
+        return (_rebuild_by_state, (type(exc), exc.args, dict(getattr(exc, "__dict__", {}))))
+
+
+def _rebuild_by_state(cls: type, args: tuple, state: dict) -> BaseException:
+    # the class's __new__ (BaseException's, or a C type's) makes it; its __init__, which
+    # may want other arguments than ``args``, is not called
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
 
 
 def raisable(err: BaseException) -> BaseException:

@@ -300,6 +300,32 @@ def _rebuild_ndarray(buf: Any, dtype: str, shape: tuple, order: str) -> Any:
     return numpy.frombuffer(buf, dtype=dtype).reshape(shape, order=order)
 
 
+def serialize_error(err: BaseException) -> SerializedValue:
+    """``err`` serialized so that it can be read back, or the error of the last try.
+
+    Some exceptions pickle but cannot be unpickled: pickle rebuilds them by calling
+    their class with their ``args``, which fails for an ``__init__(self, a, b)`` that
+    passes one message up.  Such a TaskError's cause is then carried by state instead
+    (``TaskError.with_cause_by_state``: class, ``args`` and attributes).  Only an
+    exception that cannot be pickled even so is left to the caller's fallback.
+    """
+    from .exceptions import TaskError
+
+    forms = [err]
+    if isinstance(err, TaskError):
+        forms.append(err.with_cause_by_state())
+    failure: Optional[Exception] = None
+    for form in forms:
+        try:
+            sv = serialize(form, error=True)
+            deserialize(sv.to_bytes())
+            return sv
+        except Exception as exc:
+            failure = exc
+    assert failure is not None
+    raise failure
+
+
 def encode_small(value: Any) -> Optional[bytes]:
     """The inline encoding of a value known to hold no ref, no buffer, no ``__main__``
     object (scalars and containers of them); None if it is not small after all."""

@@ -262,8 +262,7 @@ class Executor:
             err = TaskError.from_exception(state.name, exc, self.pid)
             retryable = _matches(state.retry_exceptions, exc)
         try:
-            sv = serialization.serialize(err, error=True)
-            serialization.deserialize(sv.to_bytes())  # some pickle but cannot be rebuilt
+            sv = serialization.serialize_error(err)
         except Exception:
             # the exception cannot be pickled: keep its type, message and traceback
             stand_in = RemoteExceptionInfo(f"{type(exc).__module__}.{type(exc).__qualname__}",
