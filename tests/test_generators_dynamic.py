@@ -147,16 +147,14 @@ def test_seed_split_example():
     assert sum(len(c) for c in chunks) == len(array)
 
 
-def test_non_generator_function_with_dynamic_is_an_error():
-    @pygen.remote(num_returns="dynamic")
+def test_non_generator_function_with_dynamic_is_refused_at_decoration():
     def not_a_generator():
         return [1, 2]
 
-    # the error is the ref's own, or (like any error of the task) its final item
-    with pytest.raises(TypeError, match="generator"):
-        value = pygen.get(not_a_generator.remote(), timeout=30)
-        assert isinstance(value, DynamicObjectRefGenerator) and len(value) == 1
-        pygen.get(list(value)[-1])
+    with pytest.raises(TypeError, match="plain function"):
+        pygen.remote(num_returns="dynamic")(not_a_generator)
+    with pytest.raises(TypeError, match="plain function"):
+        pygen.remote(not_a_generator).options(num_returns="dynamic")
 
 
 # -- pickling and passing -------------------------------------------------------------------

@@ -208,16 +208,14 @@ def test_remote_returns_at_once(tmp_path):
     assert pygen.get(drain(gen)) == [0, 1]
 
 
-def test_streaming_on_a_plain_function_is_an_error_in_the_stream():
-    @pygen.remote(num_returns="streaming")
+def test_streaming_on_a_plain_function_is_refused_at_decoration():
     def plain():
         return 1
 
-    gen = plain.remote()
-    values, error, after = values_until_error(gen)
-    assert values == [] and isinstance(error, TypeError) and after == []
-    with pytest.raises(TypeError):
-        pygen.get(gen.completed(), timeout=T)
+    with pytest.raises(TypeError, match="plain function"):
+        pygen.remote(num_returns="streaming")(plain)
+    with pytest.raises(TypeError, match="plain function"):
+        pygen.remote(plain).options(num_returns="streaming")
 
 
 # == next / for / async ========================================================================

@@ -84,6 +84,57 @@ def test_num_returns_mismatch_is_an_error_in_every_ref():
             pygen.get(ref)
 
 
+def returns_a_generator(marker):
+    def produce():
+        open(marker, "w").close()  # runs only if someone iterates the generator
+        yield 7
+    return produce()
+
+
+@pytest.mark.parametrize("num_returns", [1, 2])
+def test_plain_function_returning_a_generator_is_an_error_never_iterated(tmp_path, num_returns):
+    """SPEC §6: a plain function is one value; a generator object cannot be pickled."""
+    marker = str(tmp_path / "iterated")
+    plain = pygen.remote(num_returns=num_returns)(returns_a_generator)
+    refs = plain.remote(marker)
+    for ref in refs if num_returns > 1 else [refs]:
+        with pytest.raises(TypeError) as info:
+            pygen.get(ref, timeout=30)
+        text = str(info.value)
+        assert "returns_a_generator" in text and "plain function" in text
+        assert "generator" in text.splitlines()[0]
+    assert not os.path.exists(marker)
+    assert pygen.get(identity.remote(1), timeout=30) == 1  # the worker goes on
+
+
+def test_generator_kinds_on_a_plain_function_are_refused_at_decoration():
+    """SPEC §6: num_returns="dynamic"/"streaming" on a plain function is a TypeError
+    where it is written, not an error found when the task runs."""
+    def plain():
+        return [1, 2]
+
+    for kind in ("dynamic", "streaming"):
+        with pytest.raises(TypeError, match=f"num_returns={kind!r}.*plain"):
+            pygen.remote(num_returns=kind)(plain)
+        with pytest.raises(TypeError, match=f"num_returns={kind!r}.*plain"):
+            identity.options(num_returns=kind)
+    # generator functions, sync and async, and a callable whose __call__ is one, accept both
+    def gen():
+        yield 1
+
+    async def agen():
+        yield 1
+
+    class Callable:
+        def __call__(self):
+            yield 1
+
+    for fn in (gen, agen, Callable()):
+        for kind in ("dynamic", "streaming"):
+            pygen.remote(num_returns=kind)(fn)
+    assert [pygen.get(r) for r in pygen.remote(Callable()).remote()] == [1]
+
+
 def test_options_override_and_keep_the_original():
     @pygen.remote(num_returns=2)
     def pair():

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import inspect
 from typing import Any, Dict, List, Optional, Union
 
 import cloudpickle
 
 from . import context, ids, options
+from .callables import is_generator_function
 from .core import protocol
 from .generators import ObjectRefGenerator
 from .object_ref import ObjectRef
@@ -40,10 +40,16 @@ class RemoteFunction:
                  _pickled: Optional[_PickledFunction] = None) -> None:
         self._function = fn
         self._options = options.with_defaults(options.TASK_OPTIONS, task_options)
-        self._is_generator = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+        self._is_generator = is_generator_function(fn)
         self._pickled = _pickled or _PickledFunction(fn)
         self._cached: Optional[tuple] = None
         self._name = getattr(fn, "__name__", "task")
+        kind = self._options["num_returns"]
+        if kind in options.NUM_RETURNS_KINDS and not self._is_generator:
+            raise TypeError(
+                f"num_returns={kind!r} needs a generator function, but {self._name} is a "
+                f"plain function: its result is one value. Make it a generator function "
+                f"(with yield), or use an int num_returns")
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

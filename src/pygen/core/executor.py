@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import cloudpickle
 
 from .. import ids, serialization
+from ..callables import is_generator_function
 from ..exceptions import (InconsistentRetryError, RemoteExceptionInfo, TaskCancelledError,
                           TaskError)
 from . import output, protocol
@@ -185,8 +186,14 @@ class Executor:
             raise RuntimeError(
                 f"a process forked by task {state.name} returned from the task into the "
                 f"pygen worker, which is not its own: end a forked child with os._exit()")
-        if type(result) in _GENERATOR_TYPES:
+        if type(result) in _GENERATOR_TYPES and is_generator_function(fn):
             self._run_generator(state, result)
+        elif type(result) in _GENERATOR_TYPES:
+            self._fail(state, TypeError(
+                f"task {state.name} is a plain function and returned a "
+                f"{type(result).__name__} object, which cannot be pickled as a value (and "
+                f"a plain function's result is never iterated): make {state.name} a "
+                f"generator function, with yield, to return its values one by one"))
         elif state.kind != protocol.RETURNS_STATIC:
             kind = "streaming" if state.kind == protocol.RETURNS_STREAMING else "dynamic"
             self._fail(state, TypeError(
