@@ -298,7 +298,6 @@ class Executor:
         k = state.num_returns
         index = 0
         held: Optional[tuple] = None  # static: the k-th value, reported once the end is known
-        too_many = False
         outcome: Tuple[int, Any] = (protocol.END_RETURNED, None)
         client = self.client
         batch = _ItemBatcher(client, state, self.flusher)
@@ -345,7 +344,6 @@ class Executor:
                 continue
             if static and index >= k:
                 self._close_gen(gen, is_async)
-                too_many = True
                 outcome = (protocol.END_RAISED, ValueError(
                     f"task {state.name} has num_returns={k} but its generator yielded more "
                     f"than {k} values"))
@@ -369,9 +367,7 @@ class Executor:
                 batch.flush()
                 self._wait_for_consumer(state, index)
         batch.flush()
-        self._end_generator(state, index, outcome, None if too_many else held)
-        if too_many and held is not None and held[1][1] is None:
-            client.store.delete(held[0])  # stored, never reported: nobody can see it
+        self._end_generator(state, index, outcome, held)
 
     def _wait_for_consumer(self, state: Running, produced: int) -> None:
         """Pause at the yield while ``backpressure`` items are produced but not taken."""
@@ -393,10 +389,10 @@ class Executor:
                        held: Optional[tuple]) -> None:
         """Report the end: the return value (the completion's value) or the error.
 
-        For ``num_returns=k`` the k-th value (``held``) is reported only now that no
-        (k+1)-th follows.  A generator that raises after exactly k values still delivers
-        all k (SPEC §4.1 gives refs an error only for fewer or more values); its error
-        goes with END, which records the task as failed.
+        For ``num_returns=k`` the k-th value (``held``) is reported only now, and only if
+        the generator returned: one that raised after exactly k values (or yielded more,
+        or was cancelled) leaves ref k to its error (SPEC §4.1), and the held value,
+        never reported, is dropped (a retry is free to write it again).
         """
         end_kind, value = outcome
         payload: Optional[tuple] = None
@@ -407,9 +403,11 @@ class Executor:
                 end_kind, value = protocol.END_RAISED, ValueError(
                     f"task {state.name} has num_returns={state.num_returns} but its generator "
                     f"yielded only {count} values")
-            if held is not None:
+            if held is not None and end_kind == protocol.END_RETURNED:
                 self.client.send((protocol.ITEM, state.task_id, state.attempt,
                                   state.num_returns - 1, held[1], held[2]))
+            elif held is not None and held[1][1] is None:
+                self.client.store.delete(held[0])  # stored, never reported: nobody sees it
         elif end_kind == protocol.END_RETURNED:
             try:
                 payload, contained = self.client.encode(value, ids.completion_id(state.task_id))
