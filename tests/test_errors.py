@@ -681,3 +681,87 @@ def test_crashed_worker_is_replaced(fresh, tmp_path):
     assert pids <= set(child_pids())
 
 
+
+
+# -- remote tracebacks (SPEC §6): the user's file, line and source, none of pygen's frames ----
+
+TRACEBACK_SCRIPT = '''
+import asyncio, json, os, traceback
+import pygen
+
+
+def helper(x):
+    return 1 / x
+
+
+@pygen.remote
+def task(x):
+    y = x - 1
+    return helper(y)
+
+
+@pygen.remote
+def gen_task(x):
+    yield x
+    helper(x - 1)
+
+
+@pygen.remote
+async def async_task(x):
+    await asyncio.sleep(0)
+    return helper(x - 1)
+
+
+def remote_text(err):
+    return str(err).split("\\n", 1)[1]  # after the headline
+
+
+def local_text(fn, *args):
+    try:
+        fn(*args)
+    except ZeroDivisionError as e:
+        # a local traceback, without this script's own calling frame
+        return "".join(traceback.format_exception(type(e), e, e.__traceback__.tb_next,
+                                                  chain=False)).rstrip()
+
+
+pygen.init(num_cpus=1, object_store_memory=64 * 2**20)
+out = {}
+try:
+    pygen.get(task.remote(1), timeout=60)
+except ZeroDivisionError as e:
+    out["task"] = [remote_text(e), local_text(task._function, 1)]
+g = gen_task.remote(1)
+assert pygen.get(next(g), timeout=60) == 1
+try:
+    pygen.get(next(g), timeout=60)
+except ZeroDivisionError as e:
+    out["gen"] = [remote_text(e), local_text(list, gen_task._function(1))]
+try:
+    pygen.get(async_task.remote(1), timeout=60)
+except ZeroDivisionError as e:
+    out["async"] = [remote_text(e), None]
+print(json.dumps(out))
+'''
+
+
+def test_remote_traceback_shows_the_users_file_line_and_source(tmp_path):
+    script = tmp_path / "user_script.py"
+    script.write_text(TRACEBACK_SCRIPT)
+    proc = run_python(f"import runpy; runpy.run_path({str(script)!r}, run_name='__main__')",
+                      timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = __import__("json").loads(proc.stdout)
+    pygen_dir = os.path.dirname(pygen.__file__)
+    for kind, (remote, local) in out.items():
+        assert "<dynamic-code>" not in remote, remote
+        assert pygen_dir not in remote and "asyncio" not in remote, remote  # no runtime frame
+        assert remote.startswith("Traceback (most recent call last):\n"
+                                 f'  File "{script}", line '), remote
+        assert "    return 1 / x\n" in remote, remote  # the source line, read from the file
+        assert remote.rstrip().endswith("ZeroDivisionError: division by zero"), remote
+    # exactly what a local traceback of the same call shows
+    assert out["task"][0] == out["task"][1]
+    assert '", line 13, in task\n    return helper(y)\n' in out["task"][0]
+    assert out["gen"][0] == out["gen"][1]
+    assert ", in async_task\n    return helper(x - 1)\n" in out["async"][0]

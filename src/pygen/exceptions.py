@@ -13,8 +13,10 @@ constructor takes more than a message.
 """
 from __future__ import annotations
 
+import os
+import sys
 import traceback
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 __all__ = [
     "PygenError",
@@ -163,7 +165,8 @@ class TaskError(PygenError):
     @classmethod
     def from_exception(cls, function_name: str, exc: BaseException,
                        pid: Optional[int] = None) -> "TaskError":
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        frames = _from_user_code(exc.__traceback__)
+        tb = "".join(traceback.format_exception(type(exc), exc, frames))
         return cls(function_name, tb, exc, pid)
 
     def as_instanceof_cause(self) -> "TaskError":
@@ -200,6 +203,26 @@ class TaskError(PygenError):
         err.cause = self.cause
         err.pid = self.pid
         return err
+
+
+def _runtime_dirs() -> Tuple[str, ...]:
+    """Where the code that calls a task lives: pygen, and asyncio for coroutine tasks."""
+    dirs = [os.path.dirname(os.path.abspath(__file__))]
+    asyncio = sys.modules.get("asyncio")  # not imported: no coroutine task ran
+    if asyncio is not None and getattr(asyncio, "__file__", None):
+        dirs.append(os.path.dirname(os.path.abspath(asyncio.__file__)))
+    return tuple(d + os.sep for d in dirs)
+
+
+def _from_user_code(tb: Any) -> Any:
+    """``tb`` from the first frame of user code on: the frames that led from pygen's
+    worker into the task are not the user's (a local traceback would not have them).
+    An error raised before any user code ran (reading the arguments) keeps them all."""
+    dirs = _runtime_dirs()
+    first = tb
+    while first is not None and first.tb_frame.f_code.co_filename.startswith(dirs):
+        first = first.tb_next
+    return first if first is not None else tb
 
 
 class _CauseByState:

@@ -5,9 +5,8 @@ import functools
 import hashlib
 from typing import Any, Dict, List, Optional, Union
 
-import cloudpickle
 
-from . import context, ids, options
+from . import context, ids, options, serialization
 from .callables import is_generator_function
 from .core import protocol
 from .generators import ObjectRefGenerator
@@ -27,7 +26,7 @@ class _PickledFunction:
 
     def get(self) -> "tuple[bytes, bytes]":
         if self.blob is None:
-            blob = cloudpickle.dumps(self.fn, protocol=5)
+            blob = serialization.dumps_by_value(self.fn)
             self.fn_id = hashlib.blake2b(blob, digest_size=16).digest()
             self.blob = blob
         return self.fn_id, self.blob
@@ -74,7 +73,7 @@ class RemoteFunction:
             kind = _KINDS.get(num_returns, protocol.RETURNS_STATIC)
             retry = opts["retry_exceptions"]
             if isinstance(retry, tuple):
-                retry = cloudpickle.dumps(retry)
+                retry = serialization.dumps_by_value(retry)
             self._cached = (fn_id, blob, opts["name"] or self._name, kind,
                             num_returns if kind == protocol.RETURNS_STATIC else 1,
                             opts["max_retries"], retry, opts["num_cpus"], opts["memory"],

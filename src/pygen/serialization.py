@@ -23,13 +23,16 @@ the objects they name alive for as long as the enclosing value lives.
 """
 from __future__ import annotations
 
+import collections
 import copyreg
 import io
+import marshal
 import pickle
 import struct
 import sys
 import threading
-from typing import Any, List, Optional, Sequence
+import types
+from typing import Any, Callable, List, Optional, Sequence
 
 import cloudpickle
 
@@ -39,6 +42,8 @@ __all__ = [
     "INLINE_THRESHOLD",
     "SerializedValue",
     "serialize",
+    "serialize_error",
+    "dumps_by_value",
     "deserialize",
     "collect_refs",
     "current_ref_collector",
@@ -192,7 +197,7 @@ def serialize(value: Any, *, error: bool = False) -> SerializedValue:
         except Exception:
             del buffers[:]
             del collector.refs[:]
-            stream = cloudpickle.dumps(value, protocol=5, buffer_callback=_keeper(buffers))
+            stream = dumps_by_value(value, buffer_callback=_keeper(buffers))
     if type(value) is _ndarray_type and not error and len(buffers) == 1:
         _remember_array_stream(value, stream)
     return SerializedValue(stream, buffers, FLAG_ERROR if error else 0, collector.refs)
@@ -298,6 +303,32 @@ def _rebuild_ndarray(buf: Any, dtype: str, shape: tuple, order: str) -> Any:
     import numpy
 
     return numpy.frombuffer(buf, dtype=dtype).reshape(shape, order=order)
+
+
+# -- functions by value, keeping where their code comes from -------------------------------
+#
+# cloudpickle pickles a function that cannot be imported (one of ``__main__``, a lambda, a
+# local function) by value, and replaces its code's file name with "<dynamic-code>" (so
+# that its pickle does not depend on where it was defined).  A traceback in the worker
+# then names no file and shows no source line.  pygen pickles code objects with marshal
+# instead, which keeps everything, the file name included: the worker's traceback reads
+# the user's file through linecache, as a local traceback does.  marshal's format is
+# tied to the Python version, and every worker runs the driver's own interpreter.
+
+def _reduce_code(code: types.CodeType) -> tuple:
+    return marshal.loads, (marshal.dumps(code),)
+
+
+class _ByValuePickler(cloudpickle.Pickler):
+    dispatch_table = collections.ChainMap({types.CodeType: _reduce_code},
+                                          cloudpickle.Pickler.dispatch_table)
+
+
+def dumps_by_value(value: Any, buffer_callback: Optional[Callable[[Any], Any]] = None) -> bytes:
+    """``cloudpickle.dumps(value, protocol=5)``, with code objects that keep their file."""
+    file = io.BytesIO()
+    _ByValuePickler(file, protocol=5, buffer_callback=buffer_callback).dump(value)
+    return file.getvalue()
 
 
 def serialize_error(err: BaseException) -> SerializedValue:
