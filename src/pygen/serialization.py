@@ -315,8 +315,14 @@ def _rebuild_ndarray(buf: Any, dtype: str, shape: tuple, order: str) -> Any:
 # the user's file through linecache, as a local traceback does.  marshal's format is
 # tied to the Python version, and every worker runs the driver's own interpreter.
 
+_CLOUDPICKLE_REDUCE_CODE = cloudpickle.Pickler.dispatch_table[types.CodeType]
+
+
 def _reduce_code(code: types.CodeType) -> tuple:
-    return marshal.loads, (marshal.dumps(code),)
+    try:
+        return marshal.loads, (marshal.dumps(code),)
+    except ValueError:  # a constant marshal cannot write (code built by hand): cloudpickle's
+        return _CLOUDPICKLE_REDUCE_CODE(code)
 
 
 class _ByValuePickler(cloudpickle.Pickler):
