@@ -168,39 +168,54 @@ def test_each_yield_is_stored_as_soon_as_it_is_yielded(tmp_path):
 
 # -- readiness: refs 1..k-1 at once, ref k at the end ------------------------------------------
 
-def test_dependent_task_runs_before_the_generator_ends():
-    """A task on ref 1 starts and finishes while the generator sleeps after its first yield."""
+def test_dependent_task_runs_before_the_generator_ends(tmp_path):
+    """A task on ref 1 starts and finishes while the generator waits after its first
+    yield (for a release that comes only once the dependent has finished)."""
+    release = str(tmp_path / "release")
+
     @pygen.remote(num_returns=2)
-    def slow_pair():
+    def gated_pair(release):
         yield "first"
-        time.sleep(1.5)
+        deadline = time.monotonic() + 60
+        while not os.path.exists(release) and time.monotonic() < deadline:
+            time.sleep(0.002)
         yield ("second", time.monotonic())
 
-    first, second = slow_pair.remote()
+    first, second = gated_pair.remote(release)
     dependent = stamp.remote(first)
-    value, ran_at = pygen.get(dependent, timeout=30)
-    assert value == "first"
-    assert not is_ready(second), "the dependent task should have finished before the end"
+    try:
+        value, ran_at = pygen.get(dependent, timeout=30)
+        assert value == "first"
+        assert not is_ready(second), "ref k is ready only at the end"
+    finally:
+        touch(release)
     second_value, yielded_at = pygen.get(second, timeout=30)
     assert second_value == "second"
-    assert ran_at < yielded_at - 1.0, (ran_at, yielded_at)
+    assert ran_at < yielded_at, (ran_at, yielded_at)
 
 
 def test_ref_k_is_ready_only_when_the_generator_has_finished(tmp_path):
     resumed = str(tmp_path / "resumed")
 
+    release = str(tmp_path / "release")
+
     @pygen.remote(num_returns=2)
-    def lingering(resumed):
+    def lingering(resumed, release):
         yield 1
         yield 2
         touch(resumed)      # runs when the generator is resumed after its k-th yield
-        time.sleep(1.5)     # ... and only after this is it known that no 3rd value follows
+        deadline = time.monotonic() + 60  # ... and only after this does it end
+        while not os.path.exists(release) and time.monotonic() < deadline:
+            time.sleep(0.002)
 
-    r1, r2 = lingering.remote(resumed)
-    assert wait_file(resumed)
-    assert not is_ready(r2), "ref k must wait for the end of the generator"
-    assert is_ready(r1, timeout=1.0), "ref 1 must be ready at once"
-    assert not is_ready(r2)
+    r1, r2 = lingering.remote(resumed, release)
+    try:
+        assert wait_file(resumed)
+        assert not is_ready(r2), "ref k must wait for the end of the generator"
+        assert is_ready(r1, timeout=30), "ref 1 is ready before the end"
+        assert not is_ready(r2)
+    finally:
+        touch(release)
     assert pygen.get(r2, timeout=30) == 2
     assert pygen.get(r1) == 1
 

@@ -249,19 +249,25 @@ def test_put_inside_worker():
     assert pygen.get(inner).sum() == np.arange(100_000).sum()
 
 
-def test_get_timeout():
-    @pygen.remote
-    def sleepy():
-        time.sleep(2)
-        return 1
+@pygen.remote
+def after_release(release, value):
+    """Returns ``value`` once the file ``release`` exists (polls: never blocks in pygen)."""
+    deadline = time.monotonic() + 60
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    return value
 
-    ref = sleepy.remote()
+
+def test_get_timeout(tmp_path):
+    release = str(tmp_path / "release")
+    ref = after_release.remote(release, 1)
     t = time.monotonic()
     with pytest.raises(GetTimeoutError):
-        pygen.get(ref, timeout=0.2)
-    assert time.monotonic() - t < 1.5
+        pygen.get(ref, timeout=0.2)  # the value cannot exist before the release
+    assert time.monotonic() - t >= 0.2  # it waited its timeout (a lower bound)
     assert isinstance(GetTimeoutError("x"), TimeoutError)
-    assert pygen.get(ref, timeout=10) == 1
+    open(release, "w").close()
+    assert pygen.get(ref, timeout=30) == 1
 
 
 def test_timeout_nan_or_negative_is_refused_and_infinite_waits_for_ever():
@@ -298,19 +304,16 @@ def test_put_of_a_ref_is_a_type_error():
         pygen.put(pygen.put(1))
 
 
-def test_wait_semantics():
-    @pygen.remote
-    def after(delay, value):
-        time.sleep(delay)
-        return value
-
-    slow, fast = after.remote(1.0, "slow"), after.remote(0.0, "fast")
-    ready, not_ready = pygen.wait([slow, fast], num_returns=1, timeout=5)
+def test_wait_semantics(tmp_path):
+    release = str(tmp_path / "release")
+    slow, fast = after_release.remote(release, "slow"), identity.remote("fast")
+    ready, not_ready = pygen.wait([slow, fast], num_returns=1, timeout=30)
     assert ready == [fast] and not_ready == [slow]
-    ready, not_ready = pygen.wait([slow, fast], num_returns=2, timeout=5)
+    ready, not_ready = pygen.wait([slow, fast], num_returns=2, timeout=0.1)
+    assert ready == [fast] and not_ready == [slow]  # the timeout: what is ready so far
+    open(release, "w").close()
+    ready, not_ready = pygen.wait([slow, fast], num_returns=2, timeout=30)
     assert ready == [slow, fast] and not_ready == []  # input order
-    ready, not_ready = pygen.wait([after.remote(5, 1)], timeout=0.1)
-    assert ready == [] and len(not_ready) == 1
 
 
 def test_wait_errors():
