@@ -270,6 +270,25 @@ def test_crash_is_retried_and_the_generator_has_each_item_once(tmp_path):
     assert pygen.get(list(gen)) == [0, 1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("again", [2, 3, 4])
+def test_retry_that_yields_fewer_items_is_consistent(tmp_path, again):
+    """Nothing of a dynamic generator is handed out before its task ends, so a retry can
+    never contradict what a caller saw: the value holds exactly the new attempt's items,
+    however many (attempt 1 yielded 3 and died), and no InconsistentRetryError."""
+    from conftest import attempt
+
+    @pygen.remote(num_returns="dynamic", max_retries=1)
+    def flaky(d, again):
+        a = attempt(d)
+        for i in range(3 if a == 1 else again):
+            yield (a, i)
+        if a == 1:
+            os._exit(1)
+
+    gen = pygen.get(flaky.remote(str(tmp_path), again), timeout=30)
+    assert pygen.get(list(gen), timeout=30) == [(2, i) for i in range(again)]
+
+
 # -- memory -----------------------------------------------------------------------------------
 
 def test_items_freed_when_the_ref_and_generator_are_gone():

@@ -26,7 +26,8 @@ import numpy as np
 import pytest
 
 import pygen
-from pygen.exceptions import TaskCancelledError, TaskError, WorkerCrashedError
+from pygen.exceptions import (InconsistentRetryError, TaskCancelledError, TaskError,
+                              WorkerCrashedError)
 
 from conftest import attempt, store_empty, wait_until
 
@@ -396,6 +397,41 @@ def test_crash_after_some_yields_is_retried_and_every_ref_gets_its_value(tmp_pat
     refs = crash_once.remote(marker)
     assert pygen.get(refs, timeout=30) == [0, 100, 200, 300]
     assert os.path.exists(marker)
+
+
+@pytest.mark.parametrize("again", [2, 3, 4], ids=["one less", "as many", "all k"])
+def test_inconsistent_retry_boundary(tmp_path, again):
+    """num_returns=4: attempt 1 made refs 1-3 ready (its 4th value is held until the end)
+    and died.  A retry that yields 2 values cannot stand behind ref 3: ref 4 holds an
+    InconsistentRetryError.  Exactly 3: ref 4 holds the too-few-values error.  4: ref 4
+    gets the new attempt's 4th value.  Refs 1-3 keep their first values in every case."""
+    d, release = str(tmp_path), str(tmp_path / "release")
+
+    @pygen.remote(num_returns=4, max_retries=1)
+    def flaky(d, release, again):
+        a = attempt(d)
+        for i in range(3 if a == 1 else again):
+            yield (a, i)
+        if a == 1:
+            deadline = time.monotonic() + 60
+            while not os.path.exists(release) and time.monotonic() < deadline:
+                time.sleep(0.002)
+            os._exit(1)
+
+    refs = flaky.remote(d, release, again)
+    assert pygen.get(refs[:3], timeout=30) == [(1, 0), (1, 1), (1, 2)]
+    touch(release)
+    if again == 4:
+        assert pygen.get(refs[3], timeout=30) == (2, 3)
+    else:
+        err = error_of(refs[3])
+        if again == 2:
+            assert isinstance(err, InconsistentRetryError), err
+            assert "yielded 2 values, fewer than the 3 already returned" in str(err)
+        else:
+            assert isinstance(err, ValueError) and "yielded only 3 values" in str(err), err
+    assert pygen.get(refs[:3], timeout=30) == [(1, 0), (1, 1), (1, 2)]
+    assert len([f for f in os.listdir(d) if f.startswith("attempt-")]) == 2
 
 
 def test_crash_without_retries_fills_the_remaining_refs_with_worker_crashed(tmp_path):

@@ -1319,6 +1319,43 @@ def test_retry_that_yields_fewer_items_ends_with_inconsistent_retry_error(tmp_pa
     assert_stopped(gen)
 
 
+@pygen.remote(max_retries=1)
+def crash_after_handing_out(d, release, handed, again):
+    """Attempt 1 yields ``handed`` items and dies once they are taken (``release``);
+    attempt 2 yields ``again`` items and returns."""
+    a = attempt(d)
+    for i in range(handed if a == 1 else again):
+        yield (a, i)
+    if a == 1:
+        wait_for_release(release)
+        os._exit(1)
+
+
+@pytest.mark.parametrize("again", [4, 5, 6], ids=["one less", "as many", "one more"])
+def test_inconsistent_retry_boundary(tmp_path, again):
+    """5 items were handed out when the producer died.  A retry that yields 4 cannot
+    serve them again: InconsistentRetryError.  One that yields exactly 5 ends the stream
+    cleanly; 6: the 6th item, from the new attempt."""
+    release = str(tmp_path / "release")
+    gen = crash_after_handing_out.remote(str(tmp_path), release, 5, again)
+    assert pygen.get([gen.next_ready(T) for _ in range(5)], timeout=T) == [(1, i)
+                                                                          for i in range(5)]
+    touch(release)
+    values, error, after = values_until_error(gen)
+    if again == 4:
+        assert values == [] and isinstance(error, InconsistentRetryError), (values, error)
+        assert "yielded 4 items, fewer than the 5 already handed out" in str(error)
+        with pytest.raises(InconsistentRetryError):
+            pygen.get(gen.completed(), timeout=T)
+    else:
+        assert error is None, error
+        assert values == [(2, i) for i in range(5, again)]
+        assert pygen.get(gen.completed(), timeout=T) is None
+    assert after == []
+    assert_stopped(gen)
+    assert len(os.listdir(tmp_path)) == 3  # two attempts and the release
+
+
 def test_retries_exhausted_end_with_worker_crashed(tmp_path):
     d = str(tmp_path)
 

@@ -399,7 +399,12 @@ class Executor:
         contained: list = []
         retryable = False
         if state.kind == protocol.RETURNS_STATIC:
-            if end_kind == protocol.END_RETURNED and count < state.num_returns:
+            if end_kind == protocol.END_RETURNED and count < state.skip:
+                # a retry that stops before the refs an earlier attempt made ready
+                end_kind, value = protocol.END_RAISED, InconsistentRetryError(
+                    f"task {state.name} was retried and its new attempt yielded {count} "
+                    f"values, fewer than the {state.skip} already returned")
+            elif end_kind == protocol.END_RETURNED and count < state.num_returns:
                 end_kind, value = protocol.END_RAISED, ValueError(
                     f"task {state.name} has num_returns={state.num_returns} but its generator "
                     f"yielded only {count} values")
