@@ -1114,21 +1114,36 @@ def test_task_consuming_a_generator_it_started_is_retried(tmp_path):
     assert len(os.listdir(d)) == 2
 
 
-def test_producer_killed_while_a_task_consumes_it_is_retried_for_that_task(tmp_path):
-    """The retry of the producer serves the consumer task: every item once, in order."""
-    d = str(tmp_path)
+@pytest.mark.parametrize("k", [1, 4])
+def test_producer_killed_while_a_task_consumes_it_is_retried_for_that_task(tmp_path, k):
+    """The retry of the producer serves the consumer task: every item once, in order.
+    Deterministic: the consumer takes exactly k items and says so; the producer, two items
+    ahead (k and k+1 produced, not taken), dies only then; the consumer goes on only once
+    the retry has started.  So the cursor stands at k when the producer dies."""
+    d = str(tmp_path / "attempts")
+    os.mkdir(d)
+    taken = str(tmp_path / "taken")
 
     @pygen.remote(max_retries=1)
-    def producer(d, n):
+    def producer(d, taken, n, k):
         first = attempt(d) == 1
         for i in range(n):
-            if first and i == 4:
+            if first and i == k + 2:
+                wait_for_release(taken, 60)
                 os.kill(os.getpid(), signal.SIGKILL)
-            time.sleep(0.002)
             yield i
 
-    assert pygen.get(consume_all.remote(producer.remote(d, 10)), timeout=T) == list(range(10))
-    assert len(os.listdir(d)) == 2
+    @pygen.remote
+    def consume_in_two_parts(gen, d, taken, k):
+        out = [pygen.get(next(gen)) for _ in range(k)]
+        touch(taken)
+        wait_for_release(os.path.join(d, "attempt-2"), 60)  # the producer was restarted
+        return out + [pygen.get(ref) for ref in gen]
+
+    gen = producer.remote(d, taken, 10, k)
+    assert pygen.get(consume_in_two_parts.remote(gen, d, taken, k), timeout=2 * T) == \
+        list(range(10))
+    assert sorted(os.listdir(d)) == ["attempt-1", "attempt-2"]
 
 
 def test_task_can_use_completed_and_wait_on_a_passed_generator():
