@@ -114,7 +114,7 @@ print(json.dumps({{"capacity": stats["capacity"], "workers": len(workers)}}))
     "r = pygen.put(1); assert pygen.get(r) == 1",
     "f = pygen.remote(lambda: 5); assert pygen.get(f.remote()) == 5",
     "import pytest\nwith pytest.raises(pygen.exceptions.ObjectLostError):\n"
-    "    pygen.get(pygen.ObjectRef(bytes(20)), timeout=5)",
+    "    pygen.get(pygen.ObjectRef(bytes(20)), timeout=30)",
     "assert pygen.wait([pygen.put(2)])[0]",
 ], ids=["put", "remote", "get", "wait"])
 def test_auto_init_on_first_use(action):
@@ -376,7 +376,7 @@ def test_reinit_after_shutdown_works_and_old_refs_are_refused():
     assert pygen.get(add.remote(2, 3), timeout=30) == 5
     assert pygen.get(pygen.put("new")) == "new"
     with pytest.raises((ValueError, PygenError)):
-        pygen.get(old, timeout=5)
+        pygen.get(old, timeout=30)
     del old, old_task
     pygen.shutdown()
     assert_clean_after_shutdown()

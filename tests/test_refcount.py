@@ -164,7 +164,7 @@ def test_get_of_a_freed_object_raises_object_lost():
     assert store_empty()
     stale = pygen.ObjectRef(raw)
     with pytest.raises(ObjectLostError):
-        pygen.get(stale, timeout=5)
+        pygen.get(stale, timeout=30)
 
 
 # -- zero-copy views -----------------------------------------------------------------------------
