@@ -187,13 +187,13 @@ def test_num_cpus_sets_the_pool_and_concurrency(tmp_path):
         return os.getpid(), os.path.exists(other)
 
     pygen.init(num_cpus=1, object_store_memory=STORE)
-    assert wait_until(lambda: len(child_pids()) == 1, 10)
+    assert wait_until(lambda: len(child_pids()) == 1)
     runs = sorted(pygen.get([nap.remote(), nap.remote()], timeout=30), key=lambda r: r[1])
     assert runs[1][1] >= runs[0][2], runs  # one after the other
     assert len({pid for pid, _, _ in runs}) == 1
     pygen.shutdown()
     pygen.init(num_cpus=2, object_store_memory=STORE)
-    assert wait_until(lambda: len(child_pids()) == 2, 10)
+    assert wait_until(lambda: len(child_pids()) == 2)
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     met = pygen.get([meet.remote(a, b), meet.remote(b, a)], timeout=120)
     assert [seen for _, seen in met] == [True, True], met  # side by side
@@ -204,7 +204,7 @@ def test_num_cpus_zero_stores_objects_but_cannot_run_tasks():
     pygen.init(num_cpus=0, object_store_memory=STORE)
     assert pygen.get(pygen.put([1, 2])) == [1, 2]
     with pytest.raises(ValueError, match="num_cpus"):
-        pygen.get(add.remote(1, 2), timeout=10)
+        pygen.get(add.remote(1, 2), timeout=30)
     assert pygen.get(add.options(num_cpus=0).remote(1, 2), timeout=30) == 3
 
 
@@ -270,7 +270,7 @@ def test_init_inside_a_worker_is_a_no_op():
         return pygen.get(pygen.put("still works"))
 
     pygen.init(num_cpus=2, object_store_memory=STORE)
-    assert wait_until(lambda: len(child_pids()) == 2, 10)
+    assert wait_until(lambda: len(child_pids()) == 2)
     before = set(child_pids())
     assert pygen.get(calls_init.remote(), timeout=30) == "still works"
     assert pygen.get([add.remote(i, i) for i in range(10)], timeout=30) == [2 * i
@@ -300,7 +300,7 @@ def test_shutdown_leaves_no_worker_segment_descriptor_or_thread():
     before_threads = threading.active_count()
     pygen.init(num_cpus=2, object_store_memory=STORE)
     workers = set()
-    assert wait_until(lambda: len(child_pids()) == 2, 10)
+    assert wait_until(lambda: len(child_pids()) == 2)
     workers |= set(child_pids())
     refs = [pygen.put(os.urandom(1 << 20)) for _ in range(3)]
     assert len(pygen.get(refs)) == 3
@@ -330,7 +330,7 @@ def test_shutdown_stops_busy_workers_promptly():
 
     pygen.init(num_cpus=2, object_store_memory=STORE)
     refs = [long_sleep.remote(), long_sleep.remote()]
-    assert wait_until(lambda: any(t["state"] == "running" for t in pygen.state.list_tasks()), 10)
+    assert wait_until(lambda: any(t["state"] == "running" for t in pygen.state.list_tasks()))
     time.sleep(0.2)
     t0 = time.monotonic()
     pygen.shutdown()
@@ -709,8 +709,8 @@ def use_pygen():
     uses = {
         "remote": lambda: add.remote(1, 2),
         "put": lambda: pygen.put(1),
-        "get": lambda: pygen.get(old, timeout=10),
-        "wait": lambda: pygen.wait([old], timeout=10),
+        "get": lambda: pygen.get(old, timeout=30),
+        "wait": lambda: pygen.wait([old], timeout=30),
         "next": lambda: next(gen),
         "state": lambda: pygen.state.list_tasks(),
     }
@@ -726,7 +726,7 @@ def use_pygen():
     pygen.init(num_cpus=1, object_store_memory=64 * MiB)
     out["own"] = pygen.get(add.remote(20, 22), timeout=60)
     try:
-        pygen.get(old, timeout=10)
+        pygen.get(old, timeout=30)
         out["old_after_init"] = "no error"
     except RuntimeError as e:
         out["old_after_init"] = str(e)

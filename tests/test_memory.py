@@ -100,7 +100,7 @@ def test_worker_is_replaced_after_an_oom_kill(tmp_path):
     with pytest.raises(OutOfMemoryError):
         pygen.get(tell_and_hog.remote(path), timeout=30)
     dead = int(open(path).read())
-    assert wait_until(lambda: dead not in child_pids() and len(child_pids()) >= 2, 10)
+    assert wait_until(lambda: dead not in child_pids() and len(child_pids()) >= 2)
     assert dead not in pygen.get([getpid.remote() for _ in range(10)], timeout=30)
 
 

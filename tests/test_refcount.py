@@ -449,7 +449,7 @@ def test_refs_held_by_a_crashed_worker_are_released():
     del out
     assert gone(hex_id)
     assert store_empty()
-    assert wait_until(lambda: len(child_pids()) >= 2, 10)
+    assert wait_until(lambda: len(child_pids()) >= 2)
 
 
 def test_pins_of_a_crashed_worker_are_released():

@@ -342,7 +342,7 @@ def test_await_ref_and_future():
     ref = add.remote(2, 3)
     fut = ref.future()
     assert isinstance(fut, concurrent.futures.Future)
-    assert fut.result(timeout=10) == 5
+    assert fut.result(timeout=30) == 5
 
     async def main():
         return await add.remote(4, 5)
@@ -356,7 +356,7 @@ def test_future_carries_the_error():
         raise KeyError("k")
 
     with pytest.raises(KeyError):
-        boom.remote().future().result(timeout=10)
+        boom.remote().future().result(timeout=30)
 
 
 def test_async_function_task():
@@ -419,11 +419,11 @@ def test_worker_killed_while_blocked_in_get_leaves_the_cpu_count_right(fresh_one
 
     ref = parent.remote(pidfile)
     node = pygen.state._node()
-    assert wait_until(lambda: any(w.blocked for w in node.workers.values()), 10)
+    assert wait_until(lambda: any(w.blocked for w in node.workers.values()))
     os.kill(int(open(pidfile).read()), signal.SIGKILL)
     with pytest.raises(WorkerCrashedError):
         pygen.get(ref, timeout=30)
-    assert wait_until(lambda: node.free_cpus == 1, 10)   # once slow() is done too
+    assert wait_until(lambda: node.free_cpus == 1)   # once slow() is done too
     spans = sorted(pygen.get([nap.remote() for _ in range(3)], timeout=30))
     assert all(b[0] >= a[1] for a, b in zip(spans, spans[1:])), spans   # one at a time
     assert node.free_cpus == 1
