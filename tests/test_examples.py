@@ -92,7 +92,8 @@ def run_command(name: str, cmd: list, limit: float) -> Run:
         proc.wait()
     finally:
         timer.cancel()
-        reader.join(10)
+        reader.join(30)
+    assert not reader.is_alive(), f"{name}: its stderr was not closed"
     stdout = "\n".join(text for _, text in line_times)
     stderr = "".join(err_chunks)
     assert time.monotonic() - t0 < limit, f"{name} ran over {limit} s (killed)\n{stderr[-3000:]}"
@@ -105,7 +106,7 @@ def check_common(run: Run) -> None:
     assert "internal error" not in run.stderr, run.stderr[-3000:]
     # nothing left behind: segments of that driver, its workers
     assert shm_entries(run.pid) == [], shm_entries(run.pid)
-    assert wait_until(lambda: not orphans_of(run.pid), 5), orphans_of(run.pid)
+    assert wait_until(lambda: not orphans_of(run.pid)), orphans_of(run.pid)
 
 
 def check_dynamic_generators(run: Run) -> None:
@@ -120,12 +121,10 @@ def check_dynamic_generators(run: Run) -> None:
 
 
 def check_generator_errors(run: Run) -> None:
-    # the two printed errors (static refs 3-4, then the dynamic generator's final ref)
-    assert run.stdout.count("Exception: error") == 2, run.stdout
-    assert run.stdout.count("Exception in task generator (pid=") == 2, run.stdout
-    # the seed's "known limitation": here the error is reported, never silent
-    assert re.search(r"task generator raised after it had yielded all its num_returns=2",
-                     run.stderr), run.stderr
+    # the three printed errors: static refs 3-4, the dynamic generator's final ref, and
+    # (the seed's "known limitation", never silent here) ref 2 of num_returns=2
+    assert run.stdout.count("Exception: error") == 3, run.stdout
+    assert run.stdout.count("Exception in task generator (pid=") == 3, run.stdout
 
 
 def check_streaming_generators(run: Run) -> None:
@@ -146,10 +145,12 @@ def check_streaming_intro(run: Run) -> None:
     lines = [(t, text) for t, text in run.line_times if text.strip()]
     assert [text for _, text in lines] == ["0", "1", "2", "3", "4"], run.stdout
     times = [t for t, _ in lines]
-    # printed every 5 seconds, not all after 25 seconds
-    assert times[0] < times[-1] - 15, times
-    for a, b in zip(times, times[1:]):
-        assert 3.5 < b - a < 7.5, times
+    # printed as the items come (the task sleeps 5 s before each yield), not all at the end
+    # after 25 seconds: the first line comes at least 10 s before the last (a lower bound
+    # set by the task's own sleeps; load can only delay lines, and it would have to delay
+    # the first one alone by 10 s to break it).  Streaming is tested without clocks in
+    # test_generators_streaming.py (test_items_arrive_while_the_task_runs).
+    assert times[0] < times[-1] - 10, times
 
 
 def check_pattern_generators(run: Run) -> None:
@@ -161,10 +162,18 @@ def check_pattern_generators(run: Run) -> None:
     # The seed shows "(large_values_generator pid=N) yielded return value i" for i = 0..99
     # before "Success!": in Ray, ref 1 is ready only when the whole task is done.  Under
     # SPEC 4.1 ref 1 is ready right after the first yield, so the program prints "Success!"
-    # and exits (shutdown stops the generator) after at most a few of those lines; what is
-    # printed must still be well formed and in order (see the report; the seed's full
-    # output is checked in tests/pending_generators.py).
+    # and exits (shutdown stops the generator) after none, one or a few of those lines:
+    # how many is a race, so here only their form and order are checked.  That every line
+    # is forwarded is checked by test_pattern_example_waiting_for_the_whole_task below.
+    assert_yielded_lines(lines, None)
+
+
+def assert_yielded_lines(lines: list, count: "int | None") -> None:
+    """The forwarded "yielded return value i" lines: well formed, i = 0, 1, ... in order,
+    and ``count`` of them when that is known."""
     yielded = [line for line in lines if "yielded return value" in line]
+    if count is not None:
+        assert len(yielded) == count, lines
     for i, line in enumerate(yielded):
         assert re.match(rf"^\(large_values_generator pid=\d+\) yielded return value {i}$",
                         line), yielded
@@ -222,6 +231,33 @@ def test_example(name):
     check = CHECKS.get(name)
     if check is not None:  # an example added later runs with the common checks only
         check(run)
+
+
+@pytest.mark.timeout(200)
+def test_pattern_example_waiting_for_the_whole_task(tmp_path):
+    """The pattern example at a fifth of its size, getting the LAST ref (ready when the
+    generator has finished): every one of its lines is printed, deterministically.  With
+    a 300 MB limit the list of five 100 MB arrays is killed, the generator is not."""
+    source = open(os.path.join(ROOT, "examples", "pattern_generators.py")).read()
+    scaled = source.replace("num_returns = 100", "num_returns = 5")
+    scaled = scaled.replace("remote(num_returns)[0]\n)", "remote(num_returns)[-1]\n)")
+    assert scaled.count("num_returns = 5") == 1 and scaled.count("[-1]\n)") == 1, \
+        "the example changed: update this test"
+    script = tmp_path / "pattern_whole_task.py"
+    script.write_text(scaled)
+    env_name = "pattern_whole_task"
+    ENV[env_name] = {"PYGEN_WORKER_MEMORY_LIMIT": str(300 << 20)}
+    try:
+        run = run_command(env_name, [sys.executable, str(script)], 150)
+    finally:
+        del ENV[env_name]
+    check_common(run)
+    lines = run.lines()
+    order = ["Using normal functions...", "Worker failed with normal function",
+             "Using generators...", "Success!"]
+    positions = [lines.index(x) for x in order]
+    assert positions == sorted(positions), lines
+    assert_yielded_lines(lines, 5)
 
 
 @pytest.mark.timeout(300)

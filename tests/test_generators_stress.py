@@ -79,7 +79,7 @@ def test_eight_generators_consumed_at_once_with_wait():
     rounds = 0
     while unready:
         assert time.monotonic() < deadline, "the generators did not end"
-        ready, unready = pygen.wait(unready, num_returns=1, timeout=10)
+        ready, unready = pygen.wait(unready, num_returns=1, timeout=30)
         assert ready, "wait timed out although some generator was going on"
         rounds += 1
         for gen in ready:
@@ -109,7 +109,7 @@ def test_eight_large_item_generators_consumed_at_once_with_wait():
     deadline = time.monotonic() + T
     while unready:
         assert time.monotonic() < deadline
-        ready, unready = pygen.wait(unready, num_returns=min(3, len(unready)), timeout=10)
+        ready, unready = pygen.wait(unready, num_returns=min(3, len(unready)), timeout=30)
         assert ready
         for gen in ready:
             try:

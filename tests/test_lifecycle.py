@@ -114,7 +114,7 @@ print(json.dumps({{"capacity": stats["capacity"], "workers": len(workers)}}))
     "r = pygen.put(1); assert pygen.get(r) == 1",
     "f = pygen.remote(lambda: 5); assert pygen.get(f.remote()) == 5",
     "import pytest\nwith pytest.raises(pygen.exceptions.ObjectLostError):\n"
-    "    pygen.get(pygen.ObjectRef(bytes(20)), timeout=5)",
+    "    pygen.get(pygen.ObjectRef(bytes(20)), timeout=30)",
     "assert pygen.wait([pygen.put(2)])[0]",
 ], ids=["put", "remote", "get", "wait"])
 def test_auto_init_on_first_use(action):
@@ -170,33 +170,41 @@ def test_auto_init_then_explicit_init_raises():
         pygen.init()
 
 
-def test_num_cpus_sets_the_pool_and_concurrency():
+def test_num_cpus_sets_the_pool_and_concurrency(tmp_path):
     @pygen.remote
     def nap():
-        time.sleep(0.5)
-        return os.getpid()
+        start = time.monotonic()  # CLOCK_MONOTONIC is system-wide
+        time.sleep(0.2)
+        return os.getpid(), start, time.monotonic()
+
+    @pygen.remote
+    def meet(mine, other):
+        """Waits (up to 60 s) for the other task to have started: true only side by side."""
+        open(mine, "w").close()
+        deadline = time.monotonic() + 60
+        while not os.path.exists(other) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        return os.getpid(), os.path.exists(other)
 
     pygen.init(num_cpus=1, object_store_memory=STORE)
-    assert wait_until(lambda: len(child_pids()) == 1, 10)
-    t0 = time.monotonic()
-    pids = pygen.get([nap.remote(), nap.remote()], timeout=30)
-    assert time.monotonic() - t0 >= 1.0  # one after the other
-    assert len(set(pids)) == 1
+    assert wait_until(lambda: len(child_pids()) == 1)
+    runs = sorted(pygen.get([nap.remote(), nap.remote()], timeout=30), key=lambda r: r[1])
+    assert runs[1][1] >= runs[0][2], runs  # one after the other
+    assert len({pid for pid, _, _ in runs}) == 1
     pygen.shutdown()
     pygen.init(num_cpus=2, object_store_memory=STORE)
-    assert wait_until(lambda: len(child_pids()) == 2, 10)
-    pygen.get([getpid.remote(), getpid.remote()], timeout=30)
-    t0 = time.monotonic()
-    pids = pygen.get([nap.remote(), nap.remote()], timeout=30)
-    assert time.monotonic() - t0 < 0.95  # side by side
-    assert len(set(pids)) == 2
+    assert wait_until(lambda: len(child_pids()) == 2)
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    met = pygen.get([meet.remote(a, b), meet.remote(b, a)], timeout=120)
+    assert [seen for _, seen in met] == [True, True], met  # side by side
+    assert len({pid for pid, _ in met}) == 2
 
 
 def test_num_cpus_zero_stores_objects_but_cannot_run_tasks():
     pygen.init(num_cpus=0, object_store_memory=STORE)
     assert pygen.get(pygen.put([1, 2])) == [1, 2]
     with pytest.raises(ValueError, match="num_cpus"):
-        pygen.get(add.remote(1, 2), timeout=10)
+        pygen.get(add.remote(1, 2), timeout=30)
     assert pygen.get(add.options(num_cpus=0).remote(1, 2), timeout=30) == 3
 
 
@@ -206,12 +214,16 @@ def test_num_cpus_zero_stores_objects_but_cannot_run_tasks():
     (dict(num_cpus="2"), TypeError, "num_cpus"),
     (dict(num_cpus=True), TypeError, "num_cpus"),
     (dict(num_cpus=-1), ValueError, "num_cpus"),
+    (dict(num_cpus=float("nan")), ValueError, "num_cpus"),
+    (dict(num_cpus=float("inf")), ValueError, "num_cpus"),
     (dict(object_store_memory="1GB"), TypeError, "object_store_memory"),
+    (dict(object_store_memory=float("inf")), TypeError, "object_store_memory"),
     (dict(object_store_memory=1.5e8), TypeError, "object_store_memory"),
     (dict(object_store_memory=1000), ValueError, "object_store_memory"),
     (dict(object_store_memory=-STORE), ValueError, "object_store_memory"),
     (dict(worker_memory_limit=0), ValueError, "worker_memory_limit"),
     (dict(worker_memory_limit="1G"), TypeError, "worker_memory_limit"),
+    (dict(worker_memory_limit=float("nan")), TypeError, "worker_memory_limit"),
     (dict(spill_dir="/nonexistent/pygen/spill"), ValueError, "spill_dir"),
 ])
 def test_bad_init_arguments(kwargs, exc, word):
@@ -236,10 +248,8 @@ def test_init_rejects_unknown_arguments():
 def test_init_refuses_an_arena_larger_than_dev_shm():
     st = os.statvfs("/dev/shm")
     free = st.f_bavail * st.f_frsize
-    t0 = time.monotonic()
     with pytest.raises(ValueError) as info:
         pygen.init(num_cpus=1, object_store_memory=free + 1024 * MiB)
-    assert time.monotonic() - t0 < 1.0
     text = str(info.value)
     assert "object_store_memory" in text
     assert "/dev/shm" in text
@@ -260,7 +270,7 @@ def test_init_inside_a_worker_is_a_no_op():
         return pygen.get(pygen.put("still works"))
 
     pygen.init(num_cpus=2, object_store_memory=STORE)
-    assert wait_until(lambda: len(child_pids()) == 2, 10)
+    assert wait_until(lambda: len(child_pids()) == 2)
     before = set(child_pids())
     assert pygen.get(calls_init.remote(), timeout=30) == "still works"
     assert pygen.get([add.remote(i, i) for i in range(10)], timeout=30) == [2 * i
@@ -290,7 +300,7 @@ def test_shutdown_leaves_no_worker_segment_descriptor_or_thread():
     before_threads = threading.active_count()
     pygen.init(num_cpus=2, object_store_memory=STORE)
     workers = set()
-    assert wait_until(lambda: len(child_pids()) == 2, 10)
+    assert wait_until(lambda: len(child_pids()) == 2)
     workers |= set(child_pids())
     refs = [pygen.put(os.urandom(1 << 20)) for _ in range(3)]
     assert len(pygen.get(refs)) == 3
@@ -301,7 +311,7 @@ def test_shutdown_leaves_no_worker_segment_descriptor_or_thread():
         assert not alive(pid)
     after = fds()
     assert set(after) == set(before_fds), {fd: after[fd] for fd in set(after) - set(before_fds)}
-    assert wait_until(lambda: threading.active_count() <= before_threads, 2), \
+    assert wait_until(lambda: threading.active_count() <= before_threads, 30), \
         [t.name for t in threading.enumerate()]
 
 
@@ -320,11 +330,12 @@ def test_shutdown_stops_busy_workers_promptly():
 
     pygen.init(num_cpus=2, object_store_memory=STORE)
     refs = [long_sleep.remote(), long_sleep.remote()]
-    assert wait_until(lambda: any(t["state"] == "running" for t in pygen.state.list_tasks()), 10)
+    assert wait_until(lambda: any(t["state"] == "running" for t in pygen.state.list_tasks()))
     time.sleep(0.2)
     t0 = time.monotonic()
     pygen.shutdown()
-    assert time.monotonic() - t0 < 3.0
+    # a liveness bound far below the tasks' 60 s: shutdown kills them, it does not wait
+    assert time.monotonic() - t0 < 30
     assert_clean_after_shutdown()
     del refs
 
@@ -365,7 +376,7 @@ def test_reinit_after_shutdown_works_and_old_refs_are_refused():
     assert pygen.get(add.remote(2, 3), timeout=30) == 5
     assert pygen.get(pygen.put("new")) == "new"
     with pytest.raises((ValueError, PygenError)):
-        pygen.get(old, timeout=5)
+        pygen.get(old, timeout=30)
     del old, old_task
     pygen.shutdown()
     assert_clean_after_shutdown()
@@ -497,7 +508,7 @@ def start_driver(tmp_path, then: str) -> "tuple[subprocess.Popen, int, list]":
 
 
 def assert_driver_left_nothing(tmp_path, driver_pid: int, workers: list,
-                               timeout: float = 5.0) -> None:
+                               timeout: float = 30.0) -> None:
     assert wait_until(lambda: not any(alive(p) for p in workers), timeout), \
         [p for p in workers if alive(p)]
     assert shm_entries(driver_pid) == []
@@ -512,10 +523,8 @@ def test_driver_killed_by_a_signal_leaves_nothing(tmp_path, sig):
     try:
         assert all(alive(p) for p in workers)
         proc.send_signal(sig)
-        proc.wait(10)
-        t0 = time.monotonic()
+        proc.wait(30)
         assert_driver_left_nothing(tmp_path, driver_pid, workers)
-        assert time.monotonic() - t0 < 5
     finally:
         proc.kill()
         proc.wait()
@@ -649,3 +658,154 @@ def test_reserved_arena_survives_a_full_dev_shm(tmp_path):
     assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr)
     assert "put VALUES [0, 1, 2]" in proc.stdout, proc.stdout
     assert "return VALUES [0, 1, 2]" in proc.stdout, proc.stdout
+
+
+# -- fork after init (SPEC §1: the child does not own the runtime) ---------------------------------
+
+FORK = """
+import json, os, sys
+import pygen
+MiB = 2**20
+pygen.init(num_cpus=1, object_store_memory=64 * MiB)
+
+@pygen.remote
+def add(a, b):
+    return a + b
+
+@pygen.remote
+def count(n):
+    yield from range(n)
+
+old = add.remote(1, 1)
+assert pygen.get(old, timeout=60) == 2
+gen = count.remote(3)
+
+def in_child(body):
+    # body() runs in a forked child that then leaves by sys.exit: atexit handlers run
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            report = body()
+        except BaseException as e:
+            report = ["raised", type(e).__name__, str(e)]
+        os.write(w, json.dumps(report).encode())
+        os.close(w)
+        sys.exit(0)
+    os.close(w)
+    data = b""
+    while True:
+        chunk = os.read(r, 65536)
+        if not chunk:
+            break
+        data += chunk
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    return [os.waitstatus_to_exitcode(status), json.loads(data)]
+
+def use_pygen():
+    out = {"initialized": pygen.is_initialized()}
+    uses = {
+        "remote": lambda: add.remote(1, 2),
+        "put": lambda: pygen.put(1),
+        "get": lambda: pygen.get(old, timeout=30),
+        "wait": lambda: pygen.wait([old], timeout=30),
+        "next": lambda: next(gen),
+        "state": lambda: pygen.state.list_tasks(),
+    }
+    for name, use in uses.items():
+        try:
+            use()
+            out[name] = "no error"
+        except RuntimeError as e:
+            out[name] = str(e)
+        except Exception as e:
+            out[name] = f"{type(e).__name__}: {e}"
+    pygen.shutdown()  # not this process's runtime: nothing to do
+    pygen.init(num_cpus=1, object_store_memory=64 * MiB)
+    out["own"] = pygen.get(add.remote(20, 22), timeout=60)
+    try:
+        pygen.get(old, timeout=30)
+        out["old_after_init"] = "no error"
+    except RuntimeError as e:
+        out["old_after_init"] = str(e)
+    return out  # the child's own runtime is shut down by its atexit handler
+
+print("EXIT", json.dumps(in_child(lambda: "exited")), flush=True)
+print("AFTER-EXIT", pygen.get(add.remote(2, 3), timeout=30), flush=True)
+print("USE", json.dumps(in_child(use_pygen)), flush=True)
+print("AFTER-USE", pygen.get(add.remote(3, 4), timeout=30),
+      [pygen.get(r, timeout=30) for r in gen], flush=True)
+pygen.shutdown()
+print("DONE", flush=True)
+"""
+
+
+def test_fork_child_never_touches_the_parents_runtime():
+    proc = run_python(FORK, timeout=180)
+    lines = {ln.split(" ", 1)[0]: ln.split(" ", 1)[1] for ln in proc.stdout.splitlines()
+             if " " in ln}
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    # a child that simply exits (running pygen's atexit handler) leaves the parent working
+    assert json.loads(lines["EXIT"]) == [0, "exited"]
+    assert lines["AFTER-EXIT"] == "5"
+    code, report = json.loads(lines["USE"])
+    assert code == 0, report
+    assert report["initialized"] is False
+    for use in ("remote", "put", "get", "wait", "next", "state"):
+        assert "pygen.init()" in report[use] and "fork" in report[use], (use, report[use])
+    # after init in the child it has a runtime of its own; the parent's refs stay refused
+    assert report["own"] == 42
+    assert "parent" in report["old_after_init"], report["old_after_init"]
+    assert lines["AFTER-USE"] == "7 [0, 1, 2]"
+    assert "DONE" in proc.stdout
+
+
+@pygen.remote(max_retries=0)
+def fork_in_task(how):
+    """Fork inside a task; the child ends as ``how`` says. Returns (child's exit code,
+    what it reported, the task's own pid)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        if how == "use":
+            try:
+                pygen.put(1)
+                report = "no error"
+            except RuntimeError as e:
+                report = str(e)
+            os.write(w, report.encode())
+            os._exit(0)
+        if how == "exit":
+            sys.exit(7)
+        if how == "raise":
+            raise ValueError("raised in the child")
+        return "returned by the child"  # back into the worker's loop, which is not its own
+    os.close(w)
+    report = b""
+    while True:
+        chunk = os.read(r, 65536)
+        if not chunk:
+            break
+        report += chunk
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), report.decode(), os.getpid()
+
+
+def test_fork_inside_a_task_never_speaks_for_the_worker():
+    """A child forked by a task never reports for it nor reads the worker's socket: the
+    task's result is the parent's, the child exits as it says, the worker goes on."""
+    pygen.init(num_cpus=1, object_store_memory=STORE)
+    worker = pygen.get(getpid.remote(), timeout=60)
+    code, report, pid = pygen.get(fork_in_task.remote("use"), timeout=60)
+    assert (code, pid) == (0, worker)
+    assert "pygen.init()" in report and "fork" in report, report
+    assert pygen.get(fork_in_task.remote("exit"), timeout=60) == (7, "", worker)
+    assert pygen.get(fork_in_task.remote("raise"), timeout=60) == (1, "", worker)
+    assert pygen.get(fork_in_task.remote("return"), timeout=60) == (1, "", worker)
+    # the same worker still serves tasks, with nothing lost or answered twice
+    assert pygen.get([add.remote(i, 1) for i in range(20)], timeout=60) == list(range(1, 21))
+    assert pygen.get(getpid.remote(), timeout=60) == worker

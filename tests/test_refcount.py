@@ -164,7 +164,7 @@ def test_get_of_a_freed_object_raises_object_lost():
     assert store_empty()
     stale = pygen.ObjectRef(raw)
     with pytest.raises(ObjectLostError):
-        pygen.get(stale, timeout=5)
+        pygen.get(stale, timeout=30)
 
 
 # -- zero-copy views -----------------------------------------------------------------------------
@@ -185,7 +185,7 @@ def test_zero_copy_view_pins_object_after_refs_are_gone():
     others = [pygen.put(big(100 + i)) for i in range(8)]
     assert int(arr[0]) == 7 and int(arr[-1]) == 7 and int(arr.sum()) == 7 * (BIG // 8)
     del others
-    assert wait_until(lambda: pygen.state.store_stats()["objects"] == 1, 5)
+    assert wait_until(lambda: pygen.state.store_stats()["objects"] == 1)
     del arr
     assert store_empty()
     assert pygen.state.store_stats()["used"] <= used - BIG
@@ -382,7 +382,7 @@ def test_ref_pickled_into_a_worker_keeps_object_alive():
     worker_pid = pygen.get(stash.remote([ref]), timeout=30)
     del ref
     assert stays(hex_id, 0.5)
-    assert wait_until(lambda: obj_by_hex(hex_id)["holders"] != [], 1)
+    assert wait_until(lambda: obj_by_hex(hex_id)["holders"] != [])
     holders = obj_by_hex(hex_id)["holders"]
     assert 0 not in holders  # the driver does not hold it; a worker does
     # both workers run the drop until the one that stashed it has dropped it
@@ -449,7 +449,7 @@ def test_refs_held_by_a_crashed_worker_are_released():
     del out
     assert gone(hex_id)
     assert store_empty()
-    assert wait_until(lambda: len(child_pids()) >= 2, 10)
+    assert wait_until(lambda: len(child_pids()) >= 2)
 
 
 def test_pins_of_a_crashed_worker_are_released():
@@ -537,6 +537,7 @@ def test_refs_made_and_dropped_by_many_driver_threads():
         t.start()
     for t in threads:
         t.join(60)
+    assert not any(t.is_alive() for t in threads), "a thread is still churning"
     assert not errors, errors[:3]
     shared.clear()
     assert store_empty()
@@ -570,7 +571,7 @@ def test_list_objects_describes_each_object():
     arr = pygen.get(ref)
     assert obj(ref)["zero_copy_views"] == 1
     del arr
-    assert wait_until(lambda: (gc.collect(), obj(ref)["zero_copy_views"])[1] == 0, 2)
+    assert wait_until(lambda: (gc.collect(), obj(ref)["zero_copy_views"])[1] == 0)
 
 
 def test_list_objects_shows_pending_task_results_and_what_keeps_args(tmp_path):

@@ -84,6 +84,57 @@ def test_num_returns_mismatch_is_an_error_in_every_ref():
             pygen.get(ref)
 
 
+def returns_a_generator(marker):
+    def produce():
+        open(marker, "w").close()  # runs only if someone iterates the generator
+        yield 7
+    return produce()
+
+
+@pytest.mark.parametrize("num_returns", [1, 2])
+def test_plain_function_returning_a_generator_is_an_error_never_iterated(tmp_path, num_returns):
+    """SPEC §6: a plain function is one value; a generator object cannot be pickled."""
+    marker = str(tmp_path / "iterated")
+    plain = pygen.remote(num_returns=num_returns)(returns_a_generator)
+    refs = plain.remote(marker)
+    for ref in refs if num_returns > 1 else [refs]:
+        with pytest.raises(TypeError) as info:
+            pygen.get(ref, timeout=30)
+        text = str(info.value)
+        assert "returns_a_generator" in text and "plain function" in text
+        assert "generator" in text.splitlines()[0]
+    assert not os.path.exists(marker)
+    assert pygen.get(identity.remote(1), timeout=30) == 1  # the worker goes on
+
+
+def test_generator_kinds_on_a_plain_function_are_refused_at_decoration():
+    """SPEC §6: num_returns="dynamic"/"streaming" on a plain function is a TypeError
+    where it is written, not an error found when the task runs."""
+    def plain():
+        return [1, 2]
+
+    for kind in ("dynamic", "streaming"):
+        with pytest.raises(TypeError, match=f"num_returns={kind!r}.*plain"):
+            pygen.remote(num_returns=kind)(plain)
+        with pytest.raises(TypeError, match=f"num_returns={kind!r}.*plain"):
+            identity.options(num_returns=kind)
+    # generator functions, sync and async, and a callable whose __call__ is one, accept both
+    def gen():
+        yield 1
+
+    async def agen():
+        yield 1
+
+    class Callable:
+        def __call__(self):
+            yield 1
+
+    for fn in (gen, agen, Callable()):
+        for kind in ("dynamic", "streaming"):
+            pygen.remote(num_returns=kind)(fn)
+    assert [pygen.get(r) for r in pygen.remote(Callable()).remote()] == [1]
+
+
 def test_options_override_and_keep_the_original():
     @pygen.remote(num_returns=2)
     def pair():
@@ -102,6 +153,13 @@ def test_options_override_and_keep_the_original():
     (dict(max_retries=-2), ValueError, "max_retries"),
     (dict(num_cpus=-1), ValueError, "num_cpus"),
     (dict(num_cpus="1"), TypeError, "num_cpus"),
+    (dict(num_cpus=float("nan")), ValueError, "num_cpus"),
+    (dict(num_cpus=float("inf")), ValueError, "num_cpus"),
+    (dict(num_cpus=float("-inf")), ValueError, "num_cpus"),
+    (dict(memory=float("nan")), TypeError, "memory"),
+    (dict(memory=float("inf")), TypeError, "memory"),
+    (dict(generator_backpressure=float("inf")), TypeError, "generator_backpressure"),
+    (dict(max_retries=float("nan")), TypeError, "max_retries"),
     (dict(retry_exceptions=[1]), TypeError, "retry_exceptions"),
     (dict(retry_exceptions="yes"), TypeError, "retry_exceptions"),
     (dict(memory=0), ValueError, "memory"),
@@ -191,19 +249,47 @@ def test_put_inside_worker():
     assert pygen.get(inner).sum() == np.arange(100_000).sum()
 
 
-def test_get_timeout():
-    @pygen.remote
-    def sleepy():
-        time.sleep(2)
-        return 1
+@pygen.remote
+def after_release(release, value):
+    """Returns ``value`` once the file ``release`` exists (polls: never blocks in pygen)."""
+    deadline = time.monotonic() + 60
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    return value
 
-    ref = sleepy.remote()
+
+def test_get_timeout(tmp_path):
+    release = str(tmp_path / "release")
+    ref = after_release.remote(release, 1)
     t = time.monotonic()
     with pytest.raises(GetTimeoutError):
-        pygen.get(ref, timeout=0.2)
-    assert time.monotonic() - t < 1.5
+        pygen.get(ref, timeout=0.2)  # the value cannot exist before the release
+    assert time.monotonic() - t >= 0.2  # it waited its timeout (a lower bound)
     assert isinstance(GetTimeoutError("x"), TimeoutError)
-    assert pygen.get(ref, timeout=10) == 1
+    open(release, "w").close()
+    assert pygen.get(ref, timeout=30) == 1
+
+
+def test_timeout_nan_or_negative_is_refused_and_infinite_waits_for_ever():
+    @pygen.remote
+    def one_item():
+        yield 1
+
+    ref = pygen.put(1)
+    gen = one_item.remote()
+    calls = {"get": lambda t: pygen.get(ref, timeout=t),
+             "get list": lambda t: pygen.get([ref], timeout=t),
+             "wait": lambda t: pygen.wait([ref], timeout=t),
+             "next_ready": lambda t: gen.next_ready(t)}
+    for name, call in calls.items():
+        for bad in (float("nan"), -1.0, float("-inf")):
+            with pytest.raises(ValueError, match="timeout"):
+                call(bad)
+        with pytest.raises(TypeError, match="timeout"):
+            call("1")
+    assert pygen.get(ref, timeout=float("inf")) == 1
+    assert pygen.wait([ref], timeout=float("inf")) == ([ref], [])
+    assert pygen.get(gen.next_ready(float("inf")), timeout=float("inf")) == 1
 
 
 def test_get_rejects_non_refs():
@@ -218,19 +304,16 @@ def test_put_of_a_ref_is_a_type_error():
         pygen.put(pygen.put(1))
 
 
-def test_wait_semantics():
-    @pygen.remote
-    def after(delay, value):
-        time.sleep(delay)
-        return value
-
-    slow, fast = after.remote(1.0, "slow"), after.remote(0.0, "fast")
-    ready, not_ready = pygen.wait([slow, fast], num_returns=1, timeout=5)
+def test_wait_semantics(tmp_path):
+    release = str(tmp_path / "release")
+    slow, fast = after_release.remote(release, "slow"), identity.remote("fast")
+    ready, not_ready = pygen.wait([slow, fast], num_returns=1, timeout=30)
     assert ready == [fast] and not_ready == [slow]
-    ready, not_ready = pygen.wait([slow, fast], num_returns=2, timeout=5)
+    ready, not_ready = pygen.wait([slow, fast], num_returns=2, timeout=0.1)
+    assert ready == [fast] and not_ready == [slow]  # the timeout: what is ready so far
+    open(release, "w").close()
+    ready, not_ready = pygen.wait([slow, fast], num_returns=2, timeout=30)
     assert ready == [slow, fast] and not_ready == []  # input order
-    ready, not_ready = pygen.wait([after.remote(5, 1)], timeout=0.1)
-    assert ready == [] and len(not_ready) == 1
 
 
 def test_wait_errors():
@@ -259,7 +342,7 @@ def test_await_ref_and_future():
     ref = add.remote(2, 3)
     fut = ref.future()
     assert isinstance(fut, concurrent.futures.Future)
-    assert fut.result(timeout=10) == 5
+    assert fut.result(timeout=30) == 5
 
     async def main():
         return await add.remote(4, 5)
@@ -273,7 +356,7 @@ def test_future_carries_the_error():
         raise KeyError("k")
 
     with pytest.raises(KeyError):
-        boom.remote().future().result(timeout=10)
+        boom.remote().future().result(timeout=30)
 
 
 def test_async_function_task():
@@ -336,11 +419,11 @@ def test_worker_killed_while_blocked_in_get_leaves_the_cpu_count_right(fresh_one
 
     ref = parent.remote(pidfile)
     node = pygen.state._node()
-    assert wait_until(lambda: any(w.blocked for w in node.workers.values()), 10)
+    assert wait_until(lambda: any(w.blocked for w in node.workers.values()))
     os.kill(int(open(pidfile).read()), signal.SIGKILL)
     with pytest.raises(WorkerCrashedError):
         pygen.get(ref, timeout=30)
-    assert wait_until(lambda: node.free_cpus == 1, 10)   # once slow() is done too
+    assert wait_until(lambda: node.free_cpus == 1)   # once slow() is done too
     spans = sorted(pygen.get([nap.remote() for _ in range(3)], timeout=30))
     assert all(b[0] >= a[1] for a, b in zip(spans, spans[1:])), spans   # one at a time
     assert node.free_cpus == 1

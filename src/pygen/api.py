@@ -17,6 +17,16 @@ __all__ = ["init", "shutdown", "is_initialized", "remote", "put", "get", "wait",
 _lock = threading.RLock()
 _atexit_registered = False
 
+
+def _fresh_lock_after_fork() -> None:
+    # a thread of the parent may have held it when the child was forked
+    global _lock
+    _lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_lock_after_fork)
+
 # Smallest arena worth starting: room for the object table and a few large values.
 MIN_OBJECT_STORE_MEMORY = 16 * 2**20
 # Share of RAM the arena takes by default (as Ray does), bounded by /dev/shm's free space.
@@ -68,10 +78,7 @@ def init(num_cpus: Optional[float] = None, object_store_memory: Optional[int] = 
                                "or pass ignore_reinit_error=True")
         if num_cpus is None:
             num_cpus = float(os.cpu_count() or 1)
-        elif isinstance(num_cpus, bool) or not isinstance(num_cpus, numbers.Real):
-            raise TypeError(f"num_cpus must be a number, got {type(num_cpus).__name__}")
-        elif num_cpus < 0:
-            raise ValueError(f"num_cpus must be >= 0, got {num_cpus}")
+        num_cpus = options.cpu_count("num_cpus", num_cpus)
         size = _store_size(object_store_memory)
         if worker_memory_limit is not None:
             options.TASK_OPTIONS["memory"][1]("worker_memory_limit", worker_memory_limit)
@@ -83,10 +90,17 @@ def init(num_cpus: Optional[float] = None, object_store_memory: Optional[int] = 
         from .core.node import Node
 
         store = _store.Store.create(size)
-        store.unlink()  # from now on only descriptors keep the arena: nothing can be left behind
-        node = Node(float(num_cpus), store, worker_memory_limit=worker_memory_limit,
-                    spill_dir=spill_dir, log_to_driver=log_to_driver)
-        node.start()
+        node = None
+        try:
+            store.unlink()  # from now on only descriptors keep the arena: nothing is left behind
+            node = Node(float(num_cpus), store, worker_memory_limit=worker_memory_limit,
+                        spill_dir=spill_dir, log_to_driver=log_to_driver)
+            node.start()
+        except BaseException:  # a failed init leaves nothing behind (SPEC §1)
+            if node is not None:
+                node.shutdown()
+            store.close()
+            raise
         context.set_current(DriverClient(node))
         if not _atexit_registered:
             atexit.register(shutdown)
@@ -113,7 +127,11 @@ def _store_size(requested: Optional[int]) -> int:
 
 
 def shutdown() -> None:
-    """Stop the workers and remove the store; a later ``init`` starts afresh."""
+    """Stop the workers and remove the store; a later ``init`` starts afresh.
+
+    Only the process that started the runtime shuts it down: in a child forked after
+    ``init`` (whose exit runs this through ``atexit``) there is nothing to shut down.
+    """
     if _in_worker():
         return
     with _lock:
@@ -204,18 +222,9 @@ def put(value: Any) -> ObjectRef:
     return ObjectRef._registered_with(client.put(value), client)
 
 
-def _check_timeout(timeout: Optional[float]) -> None:
-    if timeout is None:
-        return
-    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
-        raise TypeError(f"timeout must be a number of seconds or None, got {type(timeout).__name__}")
-    if timeout < 0:
-        raise ValueError(f"timeout must be >= 0, got {timeout}")
-
-
 def get(refs: Union[ObjectRef, Sequence[ObjectRef]], *, timeout: Optional[float] = None) -> Any:
     """The value of a ref, or the values of a list of refs; raises a task's error."""
-    _check_timeout(timeout)
+    timeout = options.timeout_seconds(timeout)
     if isinstance(refs, ObjectRef):
         return refs._live_client().get([refs.binary()], timeout)[0]
     if isinstance(refs, (ObjectRefGenerator,)):
@@ -245,7 +254,7 @@ def wait(refs: Sequence[Union[ObjectRef, ObjectRefGenerator]], *, num_returns: i
     ``ready`` holds at most ``num_returns`` entries.  ``fetch_local`` is accepted for
     compatibility: on one machine every object is local.
     """
-    _check_timeout(timeout)
+    timeout = options.timeout_seconds(timeout)
     if isinstance(refs, (ObjectRef, ObjectRefGenerator)) or not isinstance(refs, (list, tuple)):
         raise TypeError("pygen.wait() takes a list of ObjectRefs and ObjectRefGenerators")
     if isinstance(num_returns, bool) or not isinstance(num_returns, numbers.Integral):

@@ -13,8 +13,10 @@ constructor takes more than a message.
 """
 from __future__ import annotations
 
+import os
+import sys
 import traceback
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 __all__ = [
     "PygenError",
@@ -135,7 +137,19 @@ class TaskError(PygenError):
         super().__init__(function_name, traceback_str, cause, pid)
 
     def __reduce__(self):
-        return (TaskError, (self.function_name, self.traceback_str, self.cause, self.pid))
+        cause: Any = self.cause
+        if self.__dict__.get("_cause_by_state"):
+            cause = _CauseByState(cause)
+        return (TaskError, (self.function_name, self.traceback_str, cause, self.pid))
+
+    def with_cause_by_state(self) -> "TaskError":
+        """A copy whose cause travels by state: rebuilt from its class, ``args`` and
+        attributes without calling its ``__init__``.  For a cause that pickles but cannot
+        be rebuilt by calling its class with its ``args`` (an ``__init__(self, a, b)``
+        that passes one message up): it keeps its class, so ``except E`` catches it."""
+        err = TaskError(self.function_name, self.traceback_str, self.cause, self.pid)
+        err._cause_by_state = True
+        return err
 
     def __str__(self) -> str:
         where = f" (pid={self.pid})" if self.pid is not None else ""
@@ -151,15 +165,22 @@ class TaskError(PygenError):
     @classmethod
     def from_exception(cls, function_name: str, exc: BaseException,
                        pid: Optional[int] = None) -> "TaskError":
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        frames = _from_user_code(exc.__traceback__)
+        tb = "".join(traceback.format_exception(type(exc), exc, frames))
         return cls(function_name, tb, exc, pid)
 
     def as_instanceof_cause(self) -> "TaskError":
-        """A TaskError that is also an instance of ``type(self.cause)``."""
+        """A TaskError that is also an instance of ``type(self.cause)``.
+
+        Not for a cause that is not an ``Exception`` (``SystemExit``,
+        ``KeyboardInterrupt``, ``GeneratorExit``): a task that called ``sys.exit`` must
+        not exit its caller, so the caller gets the plain TaskError, which ``except
+        Exception`` catches; ``.cause`` still holds the original.
+        """
         cause_cls = type(self.cause)
         if isinstance(self.cause, TaskError):
             return self.cause.as_instanceof_cause()
-        if issubclass(TaskError, cause_cls):  # Exception, BaseException, PygenError
+        if issubclass(TaskError, cause_cls) or not issubclass(cause_cls, Exception):
             return self
         derived = _dual_class(cause_cls)
         if derived is None:
@@ -182,6 +203,48 @@ class TaskError(PygenError):
         err.cause = self.cause
         err.pid = self.pid
         return err
+
+
+def _runtime_dirs() -> Tuple[str, ...]:
+    """Where the code that calls a task lives: pygen, and asyncio for coroutine tasks."""
+    dirs = [os.path.dirname(os.path.abspath(__file__))]
+    asyncio = sys.modules.get("asyncio")  # not imported: no coroutine task ran
+    if asyncio is not None and getattr(asyncio, "__file__", None):
+        dirs.append(os.path.dirname(os.path.abspath(asyncio.__file__)))
+    return tuple(d + os.sep for d in dirs)
+
+
+def _from_user_code(tb: Any) -> Any:
+    """``tb`` from the first frame of user code on: the frames that led from pygen's
+    worker into the task are not the user's (a local traceback would not have them).
+    An error raised before any user code ran (reading the arguments) keeps them all."""
+    dirs = _runtime_dirs()
+    first = tb
+    while first is not None and first.tb_frame.f_code.co_filename.startswith(dirs):
+        first = first.tb_next
+    return first if first is not None else tb
+
+
+class _CauseByState:
+    """Pickles as the exception it wraps, rebuilt by ``_rebuild_by_state``."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __reduce__(self):
+        exc = self.exc
+        return (_rebuild_by_state, (type(exc), exc.args, dict(getattr(exc, "__dict__", {}))))
+
+
+def _rebuild_by_state(cls: type, args: tuple, state: dict) -> BaseException:
+    # the class's __new__ (BaseException's, or a C type's) makes it; its __init__, which
+    # may want other arguments than ``args``, is not called
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
 
 
 def raisable(err: BaseException) -> BaseException:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator, List, Optional
 
-from . import context, ids, serialization
+from . import context, ids, options, serialization
 from .exceptions import GetTimeoutError
 from .object_ref import ObjectRef, _rebuild
 
@@ -50,7 +50,7 @@ class ObjectRefGenerator:
 
     def next_ready(self, timeout: Optional[float] = None) -> ObjectRef:
         """``next`` with a timeout: ``GetTimeoutError`` if no item comes in time."""
-        return self._next(timeout)
+        return self._next(options.timeout_seconds(timeout))
 
     # -- asynchronous iteration ---------------------------------------------------------------
     def __aiter__(self) -> "ObjectRefGenerator":

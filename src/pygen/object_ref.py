@@ -126,7 +126,7 @@ class ObjectRef:
         if client is None:
             return context.ensure()
         if client.closed:
-            raise ValueError(f"{self!r} belongs to a pygen session that was shut down")
+            raise context.closed_error(client, repr(self))
         return client
 
 

@@ -6,10 +6,12 @@ out of range) naming the option, raised where the user wrote it.
 """
 from __future__ import annotations
 
+import math
 import numbers
-from typing import Any, Callable, Dict, Mapping
+from typing import Any, Callable, Dict, Mapping, Optional
 
-__all__ = ["TASK_OPTIONS", "ACTOR_OPTIONS", "METHOD_OPTIONS", "validate", "NUM_RETURNS_KINDS"]
+__all__ = ["TASK_OPTIONS", "ACTOR_OPTIONS", "METHOD_OPTIONS", "validate", "NUM_RETURNS_KINDS",
+           "timeout_seconds"]
 
 NUM_RETURNS_KINDS = ("dynamic", "streaming")
 
@@ -39,12 +41,31 @@ def _num_returns(name: str, value: Any) -> Any:
     return _int_at_least(0)(name, value)
 
 
-def _cpus(name: str, value: Any) -> float:
+def cpu_count(label: str, value: Any) -> float:
+    """A finite number >= 0 (NaN would compare false with everything: a free-CPU count
+    that became NaN would never let a task run again)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"option {name!r} must be a number, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"option {name!r} must be >= 0, got {value}")
+        raise TypeError(f"{label} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{label} must be a finite number >= 0, got {value}")
     return float(value)
+
+
+def _cpus(name: str, value: Any) -> float:
+    return cpu_count(f"option {name!r}", value)
+
+
+def timeout_seconds(timeout: Any) -> Optional[float]:
+    """A ``timeout`` argument checked: None or infinite -> None (wait for ever), else a
+    number of seconds >= 0; NaN and negative numbers are refused."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise TypeError(f"timeout must be a number of seconds or None, "
+                        f"got {type(timeout).__name__}")
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"timeout must be a number of seconds >= 0 or None, got {timeout}")
+    return None if math.isinf(timeout) else timeout
 
 
 def _retry_exceptions(name: str, value: Any) -> Any:

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import inspect
 from typing import Any, Dict, List, Optional, Union
 
-import cloudpickle
 
-from . import context, ids, options
+from . import context, ids, options, serialization
+from .callables import is_generator_function
 from .core import protocol
 from .generators import ObjectRefGenerator
 from .object_ref import ObjectRef
@@ -27,7 +26,7 @@ class _PickledFunction:
 
     def get(self) -> "tuple[bytes, bytes]":
         if self.blob is None:
-            blob = cloudpickle.dumps(self.fn, protocol=5)
+            blob = serialization.dumps_by_value(self.fn)
             self.fn_id = hashlib.blake2b(blob, digest_size=16).digest()
             self.blob = blob
         return self.fn_id, self.blob
@@ -40,10 +39,16 @@ class RemoteFunction:
                  _pickled: Optional[_PickledFunction] = None) -> None:
         self._function = fn
         self._options = options.with_defaults(options.TASK_OPTIONS, task_options)
-        self._is_generator = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+        self._is_generator = is_generator_function(fn)
         self._pickled = _pickled or _PickledFunction(fn)
         self._cached: Optional[tuple] = None
         self._name = getattr(fn, "__name__", "task")
+        kind = self._options["num_returns"]
+        if kind in options.NUM_RETURNS_KINDS and not self._is_generator:
+            raise TypeError(
+                f"num_returns={kind!r} needs a generator function, but {self._name} is a "
+                f"plain function: its result is one value. Make it a generator function "
+                f"(with yield), or use an int num_returns")
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -68,7 +73,7 @@ class RemoteFunction:
             kind = _KINDS.get(num_returns, protocol.RETURNS_STATIC)
             retry = opts["retry_exceptions"]
             if isinstance(retry, tuple):
-                retry = cloudpickle.dumps(retry)
+                retry = serialization.dumps_by_value(retry)
             self._cached = (fn_id, blob, opts["name"] or self._name, kind,
                             num_returns if kind == protocol.RETURNS_STATIC else 1,
                             opts["max_retries"], retry, opts["num_cpus"], opts["memory"],

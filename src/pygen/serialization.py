@@ -23,13 +23,16 @@ the objects they name alive for as long as the enclosing value lives.
 """
 from __future__ import annotations
 
+import collections
 import copyreg
 import io
+import marshal
 import pickle
 import struct
 import sys
 import threading
-from typing import Any, List, Optional, Sequence
+import types
+from typing import Any, Callable, List, Optional, Sequence
 
 import cloudpickle
 
@@ -39,6 +42,8 @@ __all__ = [
     "INLINE_THRESHOLD",
     "SerializedValue",
     "serialize",
+    "serialize_error",
+    "dumps_by_value",
     "deserialize",
     "collect_refs",
     "current_ref_collector",
@@ -192,7 +197,7 @@ def serialize(value: Any, *, error: bool = False) -> SerializedValue:
         except Exception:
             del buffers[:]
             del collector.refs[:]
-            stream = cloudpickle.dumps(value, protocol=5, buffer_callback=_keeper(buffers))
+            stream = dumps_by_value(value, buffer_callback=_keeper(buffers))
     if type(value) is _ndarray_type and not error and len(buffers) == 1:
         _remember_array_stream(value, stream)
     return SerializedValue(stream, buffers, FLAG_ERROR if error else 0, collector.refs)
@@ -298,6 +303,64 @@ def _rebuild_ndarray(buf: Any, dtype: str, shape: tuple, order: str) -> Any:
     import numpy
 
     return numpy.frombuffer(buf, dtype=dtype).reshape(shape, order=order)
+
+
+# -- functions by value, keeping where their code comes from -------------------------------
+#
+# cloudpickle pickles a function that cannot be imported (one of ``__main__``, a lambda, a
+# local function) by value, and replaces its code's file name with "<dynamic-code>" (so
+# that its pickle does not depend on where it was defined).  A traceback in the worker
+# then names no file and shows no source line.  pygen pickles code objects with marshal
+# instead, which keeps everything, the file name included: the worker's traceback reads
+# the user's file through linecache, as a local traceback does.  marshal's format is
+# tied to the Python version, and every worker runs the driver's own interpreter.
+
+_CLOUDPICKLE_REDUCE_CODE = cloudpickle.Pickler.dispatch_table[types.CodeType]
+
+
+def _reduce_code(code: types.CodeType) -> tuple:
+    try:
+        return marshal.loads, (marshal.dumps(code),)
+    except ValueError:  # a constant marshal cannot write (code built by hand): cloudpickle's
+        return _CLOUDPICKLE_REDUCE_CODE(code)
+
+
+class _ByValuePickler(cloudpickle.Pickler):
+    dispatch_table = collections.ChainMap({types.CodeType: _reduce_code},
+                                          cloudpickle.Pickler.dispatch_table)
+
+
+def dumps_by_value(value: Any, buffer_callback: Optional[Callable[[Any], Any]] = None) -> bytes:
+    """``cloudpickle.dumps(value, protocol=5)``, with code objects that keep their file."""
+    file = io.BytesIO()
+    _ByValuePickler(file, protocol=5, buffer_callback=buffer_callback).dump(value)
+    return file.getvalue()
+
+
+def serialize_error(err: BaseException) -> SerializedValue:
+    """``err`` serialized so that it can be read back, or the error of the last try.
+
+    Some exceptions pickle but cannot be unpickled: pickle rebuilds them by calling
+    their class with their ``args``, which fails for an ``__init__(self, a, b)`` that
+    passes one message up.  Such a TaskError's cause is then carried by state instead
+    (``TaskError.with_cause_by_state``: class, ``args`` and attributes).  Only an
+    exception that cannot be pickled even so is left to the caller's fallback.
+    """
+    from .exceptions import TaskError
+
+    forms = [err]
+    if isinstance(err, TaskError):
+        forms.append(err.with_cause_by_state())
+    failure: Optional[Exception] = None
+    for form in forms:
+        try:
+            sv = serialize(form, error=True)
+            deserialize(sv.to_bytes())
+            return sv
+        except Exception as exc:
+            failure = exc
+    assert failure is not None
+    raise failure
 
 
 def encode_small(value: Any) -> Optional[bytes]:

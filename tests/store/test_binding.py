@@ -233,15 +233,15 @@ def test_get_waits_with_gil_released(store):
     del w
     sealed_at = time.monotonic()
     store.seal(k)
-    t.join(5)
+    t.join(30)
     assert not t.is_alive()
     assert bytes(got["buf"].data[:2]) == b"ok"
-    assert got["at"] - sealed_at < 0.5
+    assert got["at"] >= sealed_at  # it returned because of the seal (how fast: bench/)
     del got["buf"]
     assert store.wait_sealed(k, timeout=0) is True
     t0 = time.monotonic()
     assert store.wait_sealed(oid(11), timeout=0.1) is False
-    assert 0.09 < time.monotonic() - t0 < 1.0
+    assert time.monotonic() - t0 >= 0.09  # it waited its timeout (a lower bound)
     assert store.get(oid(11), timeout=0.05) is None
 
 
@@ -354,7 +354,8 @@ def test_close_while_another_thread_waits(make_store):
     w.data[:2] = b"hi"
     del w
     s.seal(k)
-    t.join(10)
+    t.join(30)
+    assert not t.is_alive()
     assert bytes(got["buf"].data[:2]) == b"hi"   # mapped and pinned
     assert len(s.slots()) == 2
     del got["buf"]                # the last user: now the slot goes and the map with it

@@ -142,17 +142,23 @@ def test_large_buffers_are_placed_clear_of_4k_aliasing(store):
 
 
 def test_copy_skew():
-    dst = bytearray(16 * 4096)
-    src = bytearray(16 * 4096)
-    base = np.frombuffer(dst, dtype=np.uint8)
+    """For a 64-aligned destination (what write_to hands it), the skew puts the copy at
+    the page offset of its source rounded down to 64, for every pair of offsets."""
+    room = np.zeros(16 * 4096 + 64, dtype=np.uint8)
+    start = -_ptr(room) % 64
+    dst = room[start:start + 16 * 4096]  # 64-aligned, as an arena block is
+    assert _ptr(dst) % 64 == 0
+    src = np.zeros(16 * 4096, dtype=np.uint8)
+    checked = 0
     for d_off in range(0, 8192, 64 * 7):
         for s_off in range(0, 8192, 24 * 7):
-            skew = _store.copy_skew(dst, d_off, memoryview(src)[s_off:])
+            skew = _store.copy_skew(dst, d_off, src[s_off:])
             assert 0 <= skew <= _store.COPY_SKEW and skew % 64 == 0
-            d_addr = _ptr(base) + d_off + skew
-            s_addr = _ptr(np.frombuffer(src, dtype=np.uint8)) + s_off
-            if (_ptr(base) + d_off) % 64 == 0:
-                assert (d_addr - (s_addr & ~63)) % 4096 == 0
+            d_addr = _ptr(dst) + d_off + skew
+            s_addr = _ptr(src) + s_off
+            assert (d_addr - (s_addr & ~63)) % 4096 == 0, (d_off, s_off, skew)
+            checked += 1
+    assert checked == len(range(0, 8192, 64 * 7)) * len(range(0, 8192, 24 * 7))
 
 
 @pytest.mark.parametrize("make", [

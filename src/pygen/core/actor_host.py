@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Dict, Optional
 
 import cloudpickle
 
+from ..callables import is_generator_function
 from ..exceptions import TaskCancelledError
 from . import calls, output, protocol
 from .calls import Call
@@ -180,7 +181,7 @@ class AsyncHost:
         except BaseException as exc:
             ex.fail(call, exc)
             return
-        if type(result) in _GENERATOR_TYPES:
+        if type(result) in _GENERATOR_TYPES and is_generator_function(fn):
             await self._run_generator(call, result)
         else:
             ex.finish_plain(call, result)

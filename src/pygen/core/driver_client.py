@@ -47,6 +47,7 @@ class _Waiter:
 
 class DriverClient:
     is_worker = False
+    forked = False  # set in a forked child's copy (context._after_fork)
 
     def __init__(self, node: Node) -> None:
         self.node = node

@@ -43,6 +43,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import cloudpickle
 
 from .. import ids, serialization
+from ..callables import is_generator_function
 from ..exceptions import (InconsistentRetryError, RemoteExceptionInfo, TaskCancelledError,
                           TaskError)
 from . import calls, output, protocol
@@ -243,7 +244,11 @@ class Executor:
         except BaseException as exc:
             self.fail(call, exc)
             return
-        if type(result) in _GENERATOR_TYPES:
+        if self.client.forked:
+            raise RuntimeError(
+                f"a process forked by task {call.name} returned from the task into the "
+                f"pygen worker, which is not its own: end a forked child with os._exit()")
+        if type(result) in _GENERATOR_TYPES and is_generator_function(fn):
             self._run_generator(call, result)
         else:
             self.finish_plain(call, result)
@@ -280,6 +285,13 @@ class Executor:
     # -- results -------------------------------------------------------------------------------
     def finish_plain(self, call: Call, result: Any) -> None:
         """Report a call that returned a value (not a generator)."""
+        if type(result) in _GENERATOR_TYPES:
+            self.fail(call, TypeError(
+                f"task {call.name} is a plain function and returned a "
+                f"{type(result).__name__} object, which cannot be pickled as a value (and "
+                f"a plain function's result is never iterated): make {call.name} a "
+                f"generator function, with yield, to return its values one by one"))
+            return
         if call.kind != protocol.RETURNS_STATIC:
             kind = "streaming" if call.kind == protocol.RETURNS_STREAMING else "dynamic"
             self.fail(call, TypeError(
@@ -325,8 +337,7 @@ class Executor:
             err = TaskError.from_exception(call.name, exc, self.pid)
             retryable = _matches(call.retry_exceptions, exc)
         try:
-            sv = serialization.serialize(err, error=True)
-            serialization.deserialize(sv.to_bytes())  # some pickle but cannot be rebuilt
+            sv = serialization.serialize_error(err)
         except Exception:
             # the exception cannot be pickled: keep its type, message and traceback
             stand_in = RemoteExceptionInfo(f"{type(exc).__module__}.{type(exc).__qualname__}",
@@ -336,6 +347,8 @@ class Executor:
         return (sv.flags, sv.to_bytes(), sv.total_size), retryable
 
     def fail(self, call: Call, exc: BaseException) -> None:
+        if self.client.forked:
+            raise exc  # a child the task forked is leaving (sys.exit...): its end, not the task's
         payload, retryable = self.error_payload(call, exc)
         seconds = time.perf_counter() - call.started
         if call.kind == protocol.RETURNS_STATIC:
@@ -396,23 +409,30 @@ class Executor:
                       held: Optional[tuple]) -> None:
         """Report the end: the return value (the completion's value) or the error.
 
-        For ``num_returns=k`` the k-th value (``held``) is reported only now that no
-        (k+1)-th follows.  A generator that raises after exactly k values still delivers
-        all k (SPEC §4.1 gives refs an error only for fewer or more values); its error
-        goes with End, which records the task as failed.
+        For ``num_returns=k`` the k-th value (``held``) is reported only now, and only if
+        the generator returned: one that raised after exactly k values (or yielded more,
+        or was cancelled) leaves ref k to its error (SPEC §4.1), and the held value,
+        never reported, is dropped (a retry is free to write it again).
         """
         end_kind, value = outcome
         payload: Optional[tuple] = None
         contained: list = []
         retryable = False
         if call.kind == protocol.RETURNS_STATIC:
-            if end_kind == protocol.END_RETURNED and count < call.num_returns:
+            if end_kind == protocol.END_RETURNED and count < call.skip:
+                # a retry that stops before the refs an earlier attempt made ready
+                end_kind, value = protocol.END_RAISED, InconsistentRetryError(
+                    f"task {call.name} was retried and its new attempt yielded {count} "
+                    f"values, fewer than the {call.skip} already returned")
+            elif end_kind == protocol.END_RETURNED and count < call.num_returns:
                 end_kind, value = protocol.END_RAISED, ValueError(
                     f"task {call.name} has num_returns={call.num_returns} but its generator "
                     f"yielded only {count} values")
-            if held is not None:
+            if held is not None and end_kind == protocol.END_RETURNED:
                 self.client.send(protocol.Item(call.task_id, call.attempt, call.num_returns - 1,
                                                held[1], held[2]))
+            elif held is not None and held[1][1] is None:
+                self.client.store.delete(held[0])  # stored, never reported: nobody sees it
         elif end_kind == protocol.END_RETURNED:
             try:
                 payload, contained = self.client.encode(value, ids.completion_id(call.task_id))
@@ -430,7 +450,7 @@ class GeneratorRun:
     (the sync loop here, the asyncio one of an async actor)."""
 
     __slots__ = ("ex", "call", "client", "is_async", "static", "k", "index", "held",
-                 "too_many", "outcome", "batch", "next_check")
+                 "outcome", "batch", "next_check")
 
     def __init__(self, ex: Executor, call: Call, gen: Any) -> None:
         self.ex = ex
@@ -441,7 +461,6 @@ class GeneratorRun:
         self.k = call.num_returns
         self.index = 0
         self.held: Optional[tuple] = None  # static: the k-th value, reported at the end
-        self.too_many = False
         self.outcome: Tuple[int, Any] = (protocol.END_RETURNED, None)
         self.batch = _ItemBatcher(ex.client, call, ex.flusher)
         self.next_check = 0.0
@@ -487,7 +506,6 @@ class GeneratorRun:
             self.index += 1
             return False
         if self.static and index >= self.k:
-            self.too_many = True
             self.outcome = (protocol.END_RAISED, ValueError(
                 f"task {call.name} has num_returns={self.k} but its generator yielded more "
                 f"than {self.k} values"))
@@ -517,10 +535,7 @@ class GeneratorRun:
 
     def finish(self) -> None:
         self.batch.flush()
-        held = None if self.too_many else self.held
-        self.ex.end_generator(self.call, self.index, self.outcome, held)
-        if self.too_many and self.held is not None and self.held[1][1] is None:
-            self.client.store.delete(self.held[0])  # stored, never reported: nobody sees it
+        self.ex.end_generator(self.call, self.index, self.outcome, self.held)
 
 
 class _ItemBatcher:

@@ -507,12 +507,8 @@ class Node:
         if spec.returns_kind == protocol.RETURNS_STATIC:
             error = payload if payload is not None else self.system_error(
                 PygenError(f"task {spec.name} ended without all of its returns"))
-            if task.reported >= spec.num_returns and payload is not None and spec.num_returns:
-                # it raised after producing every return: the values stand, the error is
-                # kept on the task (pygen.state.list_tasks) and reported here
-                task.error = _error_text(payload)
-                _warn(f"task {spec.name} raised after it had yielded all its "
-                      f"num_returns={spec.num_returns} values: {task.error}")
+            # (a generator that raised after all k values never reported the k-th: the
+            # worker keeps it back until the end, so ref k holds the error, SPEC §4.1)
             for index in range(task.reported, spec.num_returns):
                 self.object_ready(ids.return_id(spec.task_id, index), error)
             task.reported = spec.num_returns
@@ -784,14 +780,6 @@ def _error_text(payload: tuple) -> str:
     except Exception:
         return "an error that could not be decoded"
 
-
-def _warn(message: str) -> None:
-    import sys
-
-    try:
-        print(f"pygen: {message}", file=sys.stderr, flush=True)
-    except (ValueError, OSError):
-        pass
 
 
 def _internal_error(what: str) -> None:

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import sys
+from typing import Any
 
 PR_SET_PDEATHSIG = 1
 
@@ -56,12 +57,20 @@ def main() -> None:
     try:
         executor.serve_forever()
     finally:
-        client.flush()
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:
-                pass
-        store.close()
-        # skip interpreter teardown: user modules' atexit hooks are not ours to run twice
-        os._exit(0)
+        # a child forked by a task that unwound to here (sys.exit, an exception) ends as
+        # that exception says, without the worker's connection or store slot
+        if not client.forked:
+            _leave(client, store)
+
+
+def _leave(client: Any, store: Any) -> None:
+    """The worker's own end: what it queued goes out, its store slot is released."""
+    client.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    store.close()
+    # skip interpreter teardown: user modules' atexit hooks are not ours to run twice
+    os._exit(0)

@@ -24,7 +24,7 @@ import pickle
 import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .. import ids, serialization
+from .. import context, ids, serialization
 from ..exceptions import GetTimeoutError, ObjectLostError, raisable
 from . import calls, protocol, values
 from .transport import SPIN_SECONDS, Connection, ConnectionClosed
@@ -32,6 +32,7 @@ from .transport import SPIN_SECONDS, Connection, ConnectionClosed
 
 class WorkerClient:
     is_worker = True
+    forked = False  # set in a forked child's copy (context._after_fork)
 
     def __init__(self, conn: Connection, store: Any, worker_id: int) -> None:
         self.conn = conn
@@ -80,6 +81,8 @@ class WorkerClient:
         it: ``msg`` may carry a value that contains them, and the node must learn about
         the container before the refs inside it may go.
         """
+        if self.forked:
+            self._refuse_in_fork()
         ident = self._enter()
         try:
             added, removed = self._ref_changes()
@@ -106,6 +109,8 @@ class WorkerClient:
 
     def flush(self) -> None:
         """Write pending ref changes and every queued message."""
+        if self.forked:
+            self._refuse_in_fork()
         added, removed = self._ref_changes()
         if added or removed:
             self.conn.queue(protocol.Refs(added, removed))
@@ -181,6 +186,8 @@ class WorkerClient:
                     self._arrived.release()
 
     def _read_locked(self) -> None:
+        if self.forked:
+            self._refuse_in_fork()
         try:
             msgs = self.conn.read_messages()
         except ConnectionClosed:
@@ -213,6 +220,8 @@ class WorkerClient:
     # -- objects ---------------------------------------------------------------------------------
     def encode(self, value: Any, oid: bytes, *, error: bool = False) -> Tuple[tuple, List[bytes]]:
         """Serialize ``value``: inline payload, or written into the store under ``oid``."""
+        if self.forked:
+            self._refuse_in_fork()
         ident = self._enter()
         try:
             return values.encode(value, oid, self.store, self._make_room, error=error)
@@ -220,6 +229,8 @@ class WorkerClient:
             self._leave(ident)
 
     def store_value(self, sv: serialization.SerializedValue, oid: bytes) -> None:
+        if self.forked:
+            self._refuse_in_fork()
         values.store_with_room(sv, self.store, oid, self._make_room)
 
     def _make_room(self, nbytes: int) -> bool:
@@ -227,6 +238,8 @@ class WorkerClient:
         return bool(self.request(lambda req: protocol.Room(req, nbytes)).body)
 
     def decode(self, oid: bytes, payload: tuple) -> Tuple[int, Any]:
+        if self.forked:
+            self._refuse_in_fork()
         flags, inline, _ = payload
         if inline is not None:
             return serialization.deserialize(inline)
@@ -315,4 +328,10 @@ class WorkerClient:
 
     def close(self) -> None:
         self.closed = True
+
+    @staticmethod
+    def _refuse_in_fork() -> None:
+        """A process forked by a task must never speak for its worker: the socket, the
+        store slot and the task belong to the worker (see context._after_fork)."""
+        raise context.forked_error("the worker's connection and object store")
 
