@@ -16,7 +16,6 @@ generous liveness bound; no sleep is used as synchronisation.
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import pickle
 import threading
@@ -28,7 +27,7 @@ import pytest
 import pygen
 from pygen import DynamicObjectRefGenerator, ObjectRefGenerator
 from pygen.exceptions import (ActorDiedError, GetTimeoutError, InconsistentRetryError,
-                              TaskCancelledError, TaskError)
+                              PygenError, TaskCancelledError, TaskError)
 
 from conftest import attempt, store_empty, touch, wait_file, wait_until
 
@@ -70,7 +69,7 @@ async def _until(path: str) -> None:
         await asyncio.sleep(0.002)
 
 
-# -- the actors ----------------------------------------------------------------------------
+# -- the actors ---------------------------------------------------------------------------------
 
 class _Probe:
     """What every test actor answers besides its generators."""
@@ -173,6 +172,16 @@ class _SyncGenerators(_Probe):
             yield (a, i)
         return a
 
+    def flaky_logging(self, d, n, crash_at, release):
+        a = attempt(d)
+        for i in range(n):
+            if a == 1 and i == crash_at:
+                wait_file(release, T)
+                os._exit(1)
+            _log(os.path.join(d, f"log-{a}"), i)
+            self.produced = i + 1
+            yield i
+
     def shrinking(self, d, first, then, release):
         a = attempt(d)
         for i in range(first if a == 1 else then):
@@ -266,6 +275,16 @@ class _AsyncGenerators(_Probe):
                 os._exit(1)
             yield (a, i)
 
+    async def flaky_logging(self, d, n, crash_at, release):
+        a = attempt(d)
+        for i in range(n):
+            if a == 1 and i == crash_at:
+                await _until(release)
+                os._exit(1)
+            _log(os.path.join(d, f"log-{a}"), i)
+            self.produced = i + 1
+            yield i
+
     async def shrinking(self, d, first, then, release):
         a = attempt(d)
         for i in range(first if a == 1 else then):
@@ -312,12 +331,34 @@ def make(kind: str, **options):
     return cls.options(**options).remote() if options else cls.remote()
 
 
+@pytest.fixture(scope="module")
+def _shared_actors(session):
+    actors: dict = {}
+    yield actors
+    actors.clear()
+
+
+@pytest.fixture
+def actor(kind, _shared_actors):
+    """The actor of ``kind`` shared by the tests that leave it as they found it (a new
+    actor process costs more than most of these tests); replaced if it stops answering."""
+    a = _shared_actors.get(kind)
+    if a is not None:
+        try:
+            if pygen.get(a.ping.remote(), timeout=10) == "pong":
+                return a
+        except PygenError:
+            pass
+    a = _shared_actors[kind] = make(kind)
+    return a
+
+
 def returns_values(kind: str) -> bool:
     """Async generators cannot ``return`` a value (Python forbids it)."""
     return kind != "async_gen"
 
 
-# -- helpers of the consumer's side ----------------------------------------------------------
+# -- helpers of the consumer's side -------------------------------------------------------------
 
 def drain(gen, timeout: float = T) -> list:
     refs = []
@@ -384,7 +425,7 @@ class AsyncCollector:
 kinds = pytest.mark.parametrize("kind", KINDS)
 
 
-# == the execution models ========================================================================
+# == the execution models =======================================================================
 
 def test_a_def_generator_method_of_an_async_actor_runs_on_its_loop():
     a = make("async_def")
@@ -396,19 +437,20 @@ def test_a_def_generator_method_of_an_async_actor_runs_on_its_loop():
 
 
 @pytest.mark.parametrize("kind", ["threaded", "async_gen"])
-def test_two_generators_of_a_concurrent_actor_stream_at_once(kind, tmp_path):
+def test_two_generators_of_a_concurrent_actor_stream_at_once(kind, actor, tmp_path):
     d = str(tmp_path)
-    a = make(kind)
+    a = actor
     one, two = a.meet.remote(d, "one", "two"), a.meet.remote(d, "two", "one")
     assert pygen.get(list(one) + list(two), timeout=T) == ["one", "two"]
 
 
-# == §4.1 num_returns=k ============================================================================
+# == §4.1 num_returns=k =========================================================================
 
 @kinds
-def test_static_refs_before_k_are_ready_as_yielded_and_ref_k_at_the_end(kind, tmp_path):
+def test_static_refs_before_k_are_ready_as_yielded_and_ref_k_at_the_end(kind, actor,
+                                                                        tmp_path):
     gate, d = str(tmp_path / "gate"), str(tmp_path)
-    a = make(kind)
+    a = actor
     r0, r1, r2 = a.gated.options(num_returns=3).remote(3, 3, gate, d)
     assert wait_file(os.path.join(d, "waiting"), T)   # yielded all 3, waits before the end
     assert pygen.get([r0, r1], timeout=T) == [0, 1]
@@ -421,8 +463,8 @@ def test_static_refs_before_k_are_ready_as_yielded_and_ref_k_at_the_end(kind, tm
 
 
 @kinds
-def test_static_fewer_values_than_num_returns(kind):
-    a = make(kind)
+def test_static_fewer_values_than_num_returns(kind, actor):
+    a = actor
     refs = a.count.options(num_returns=3).remote(2)
     assert pygen.get(refs[:2], timeout=T) == [0, 1]
     with pytest.raises(ValueError, match=r"num_returns=3 .*yielded only 2"):
@@ -430,8 +472,8 @@ def test_static_fewer_values_than_num_returns(kind):
 
 
 @kinds
-def test_static_more_values_than_num_returns_puts_the_error_in_ref_k(kind):
-    a = make(kind)
+def test_static_more_values_than_num_returns_puts_the_error_in_ref_k(kind, actor):
+    a = actor
     r0, r1 = a.count.options(num_returns=2).remote(3)
     assert pygen.get(r0, timeout=T) == 0
     with pytest.raises(ValueError, match=r"num_returns=2 .*more than 2"):
@@ -441,8 +483,8 @@ def test_static_more_values_than_num_returns_puts_the_error_in_ref_k(kind):
 
 @kinds
 @pytest.mark.parametrize("n", [0, 1, 2])
-def test_static_exception_after_n_yields_fills_the_remaining_refs(kind, n):
-    a = make(kind)
+def test_static_exception_after_n_yields_fills_the_remaining_refs(kind, actor, n):
+    a = actor
     refs = a.fail_after.options(num_returns=3).remote(n)
     assert pygen.get(refs[:n], timeout=T) == list(range(n))
     for ref in refs[n:]:
@@ -452,18 +494,18 @@ def test_static_exception_after_n_yields_fills_the_remaining_refs(kind, n):
 
 
 @kinds
-def test_static_exception_after_exactly_k_yields_keeps_the_values(kind):
+def test_static_exception_after_exactly_k_yields_keeps_the_values(kind, actor):
     """As for tasks (tests/test_generators_static.py): the k values stand."""
-    a = make(kind)
+    a = actor
     refs = a.fail_after.options(num_returns=3).remote(3)
     assert pygen.get(refs, timeout=T) == [0, 1, 2]
 
 
-# == §4.2 num_returns="dynamic" =====================================================================
+# == §4.2 num_returns="dynamic" =================================================================
 
 @kinds
-def test_dynamic_value_is_a_generator_of_refs_iterable_many_times(kind):
-    a = make(kind)
+def test_dynamic_value_is_a_generator_of_refs_iterable_many_times(kind, actor):
+    a = actor
     ref = a.count.options(num_returns="dynamic").remote(4)
     dyn = pygen.get(ref, timeout=T)
     assert isinstance(dyn, DynamicObjectRefGenerator) and len(dyn) == 4
@@ -481,9 +523,9 @@ def test_dynamic_value_is_a_generator_of_refs_iterable_many_times(kind):
 
 
 @kinds
-def test_dynamic_ref_is_ready_only_when_the_generator_finishes(kind, tmp_path):
+def test_dynamic_ref_is_ready_only_when_the_generator_finishes(kind, actor, tmp_path):
     gate, d = str(tmp_path / "gate"), str(tmp_path)
-    a = make(kind)
+    a = actor
     ref = a.gated.options(num_returns="dynamic").remote(3, 3, gate, d)
     assert wait_file(os.path.join(d, "waiting"), T)
     assert not is_ready(ref)
@@ -493,8 +535,8 @@ def test_dynamic_ref_is_ready_only_when_the_generator_finishes(kind, tmp_path):
 
 @kinds
 @pytest.mark.parametrize("n", [0, 2])
-def test_dynamic_exception_keeps_the_items_and_adds_one_error_ref(kind, n):
-    a = make(kind)
+def test_dynamic_exception_keeps_the_items_and_adds_one_error_ref(kind, actor, n):
+    a = actor
     refs = list(pygen.get(a.fail_after.options(num_returns="dynamic").remote(n), timeout=T))
     assert len(refs) == n + 1
     assert pygen.get(refs[:n], timeout=T) == list(range(n))
@@ -502,11 +544,11 @@ def test_dynamic_exception_keeps_the_items_and_adds_one_error_ref(kind, n):
         pygen.get(refs[n], timeout=T)
 
 
-# == §4.3 streaming: iteration =========================================================================
+# == §4.3 streaming: iteration ==================================================================
 
 @kinds
-def test_default_for_generator_methods_is_streaming_next_and_for(kind):
-    a = make(kind)
+def test_default_for_generator_methods_is_streaming_next_and_for(kind, actor):
+    a = actor
     gen = a.count.remote(3)
     assert isinstance(gen, ObjectRefGenerator)
     assert pygen.get(next(gen), timeout=T) == 0
@@ -515,8 +557,8 @@ def test_default_for_generator_methods_is_streaming_next_and_for(kind):
 
 
 @kinds
-def test_async_for_and_anext_then_stop_async_iteration(kind):
-    a = make(kind)
+def test_async_for_and_anext_then_stop_async_iteration(kind, actor):
+    a = actor
 
     async def main():
         gen = a.count.remote(3)
@@ -529,18 +571,18 @@ def test_async_for_and_anext_then_stop_async_iteration(kind):
 
 
 @kinds
-def test_the_generator_runs_eagerly_without_a_consumer(kind, tmp_path):
+def test_the_generator_runs_eagerly_without_a_consumer(kind, actor, tmp_path):
     d = str(tmp_path)
-    a = make(kind)
+    a = actor
     gen = a.gated.remote(4, None, "", d)
     assert wait_file(os.path.join(d, "done"), T)   # nobody called next
     assert pygen.get(drain(gen), timeout=T) == [0, 1, 2, 3]
 
 
 @kinds
-def test_the_first_item_is_readable_long_before_the_generator_ends(kind, tmp_path):
+def test_the_first_item_is_readable_long_before_the_generator_ends(kind, actor, tmp_path):
     gate, d = str(tmp_path / "gate"), str(tmp_path)
-    a = make(kind)
+    a = actor
     gen = a.gated.remote(3, 1, gate, d)
     assert pygen.get(gen.next_ready(T), timeout=T) == 0
     assert wait_file(os.path.join(d, "waiting"), T)
@@ -553,8 +595,8 @@ def test_the_first_item_is_readable_long_before_the_generator_ends(kind, tmp_pat
 
 @kinds
 @pytest.mark.parametrize("n", [0, 1, 3])
-def test_an_exception_after_n_yields_is_item_n_plus_1_then_stop_iteration(kind, n):
-    a = make(kind)
+def test_an_exception_after_n_yields_is_item_n_plus_1_then_stop_iteration(kind, actor, n):
+    a = actor
     gen = a.fail_after.remote(n)
     values, error, after = values_until_error(gen)
     assert values == list(range(n)) and after == []
@@ -567,8 +609,8 @@ def test_an_exception_after_n_yields_is_item_n_plus_1_then_stop_iteration(kind, 
 
 
 @kinds
-def test_completed_holds_the_return_value(kind):
-    a = make(kind)
+def test_completed_holds_the_return_value(kind, actor):
+    a = actor
     gen = a.count.remote(3, "the end")
     assert pygen.get(drain(gen), timeout=T) == [0, 1, 2]
     expected = "the end" if returns_values(kind) else None
@@ -577,9 +619,10 @@ def test_completed_holds_the_return_value(kind):
 
 
 @kinds
-def test_completed_is_ready_when_the_generator_ends_even_if_nobody_takes_items(kind, tmp_path):
+def test_completed_is_ready_when_the_generator_ends_even_if_nobody_takes_items(kind, actor,
+                                                                              tmp_path):
     gate, d = str(tmp_path / "gate"), str(tmp_path)
-    a = make(kind)
+    a = actor
     gen = a.gated.remote(2, 2, gate, d)
     assert wait_file(os.path.join(d, "waiting"), T)
     assert not is_ready(gen.completed())
@@ -603,11 +646,11 @@ def test_an_actor_process_that_exits_mid_stream_is_one_error_ref_then_stop(kind,
     assert_stopped(gen)
 
 
-# == §4.3 streaming: values ===========================================================================
+# == §4.3 streaming: values =====================================================================
 
 @kinds
-def test_a_value_is_captured_when_it_is_yielded(kind):
-    a = make(kind)
+def test_a_value_is_captured_when_it_is_yielded(kind, actor):
+    a = actor
     values = pygen.get(drain(a.mutating.remote()), timeout=T)
     assert values[0] == [1, 2] and values[1] == [1, 2, 3]
     assert values[2].nbytes == MiB and int(values[2].sum()) == 0
@@ -615,8 +658,8 @@ def test_a_value_is_captured_when_it_is_yielded(kind):
 
 
 @kinds
-def test_yielding_an_exception_object_yields_a_value(kind):
-    a = make(kind)
+def test_yielding_an_exception_object_yields_a_value(kind, actor):
+    a = actor
     gen = a.yields_errors.remote()
     values = pygen.get(drain(gen), timeout=T)
     assert isinstance(values[0], ValueError) and str(values[0]) == "just a value"
@@ -624,12 +667,12 @@ def test_yielding_an_exception_object_yields_a_value(kind):
     assert pygen.get(gen.completed(), timeout=T) is None
 
 
-# == §4.3 streaming: garbage collection and close() ======================================================
+# == §4.3 streaming: garbage collection and close() =============================================
 
 @kinds
-def test_deleting_the_generator_frees_untaken_items_also_later_ones(kind, tmp_path):
+def test_deleting_the_generator_frees_untaken_items_also_later_ones(kind, actor, tmp_path):
     gate, d = str(tmp_path / "gate"), str(tmp_path)
-    a = make(kind)
+    a = actor
     assert store_empty()
     gen = a.gated.remote(6, 3, gate, d, MiB)
     taken, completion = gen.next_ready(T), gen.completed()
@@ -649,9 +692,9 @@ def test_deleting_the_generator_frees_untaken_items_also_later_ones(kind, tmp_pa
 
 
 @kinds
-def test_close_runs_the_generators_finally_stops_it_and_frees_what_is_left(kind, tmp_path):
+def test_close_runs_the_generators_finally_stops_it_and_frees_what_is_left(kind, actor, tmp_path):
     d = str(tmp_path)
-    a = make(kind)
+    a = actor
     assert store_empty()
     gen = a.closable.remote(d, MiB)
     first = gen.next_ready(T)
@@ -669,8 +712,8 @@ def test_close_runs_the_generators_finally_stops_it_and_frees_what_is_left(kind,
 
 
 @kinds
-def test_close_of_a_finished_generator_and_twice(kind):
-    a = make(kind)
+def test_close_of_a_finished_generator_and_twice(kind, actor):
+    a = actor
     gen = a.count.remote(3)
     pygen.get(gen.completed(), timeout=T)
     first = gen.next_ready(T)
@@ -680,7 +723,7 @@ def test_close_of_a_finished_generator_and_twice(kind):
     assert pygen.get(first, timeout=T) == 0
 
 
-# == §4.3 streaming: backpressure ==========================================================================
+# == §4.3 streaming: backpressure ===============================================================
 
 def _progress(kind, a, log) -> int:
     """How far the producer got: an actor that answers calls while its generator is
@@ -693,10 +736,10 @@ def _progress(kind, a, log) -> int:
 
 @kinds
 @pytest.mark.parametrize("window", [1, 2])
-def test_backpressure_pauses_the_producer_at_its_yield(kind, window, tmp_path):
+def test_backpressure_pauses_the_producer_at_its_yield(kind, actor, window, tmp_path):
     n = 6
     log, d = str(tmp_path / "log"), str(tmp_path)
-    a = make(kind)
+    a = actor
     gen = a.logging.options(generator_backpressure=window).remote(log, d, n)
     for taken in range(n):
         expected = min(taken + window, n)
@@ -712,10 +755,10 @@ def test_backpressure_pauses_the_producer_at_its_yield(kind, window, tmp_path):
 
 @kinds
 @pytest.mark.parametrize("how", ["delete", "close", "cancel"])
-def test_a_paused_generator_that_is_deleted_closed_or_cancelled_is_not_resumed(kind, how,
-                                                                              tmp_path):
+def test_a_paused_generator_that_is_deleted_closed_or_cancelled_is_not_resumed(kind, actor,
+                                                                              how, tmp_path):
     log, d = str(tmp_path / "log"), str(tmp_path)
-    a = make(kind)
+    a = actor
     assert store_empty()
     gen = a.logging.options(generator_backpressure=2).remote(log, d, 100, MiB)
     assert wait_until(lambda: len(logged(log)) >= 2, T)
@@ -745,12 +788,12 @@ def test_a_paused_generator_that_is_deleted_closed_or_cancelled_is_not_resumed(k
     assert store_empty()
 
 
-# == §4.3 streaming: cancel ================================================================================
+# == §4.3 streaming: cancel =====================================================================
 
 @kinds
-def test_cancel_makes_the_next_item_a_task_cancelled_error(kind, tmp_path):
+def test_cancel_makes_the_next_item_a_task_cancelled_error(kind, actor, tmp_path):
     d = str(tmp_path)
-    a = make(kind)
+    a = actor
     gen = a.closable.remote(d)
     assert pygen.get(gen.next_ready(T), timeout=T) == 0
     pygen.cancel(gen)
@@ -784,15 +827,15 @@ def test_cancel_of_a_generator_call_that_has_not_started(kind, tmp_path):
     assert pygen.get(a.how_far.remote(), timeout=T) == 1   # count never ran
 
 
-# == §4.3 streaming: passing a generator on ===================================================================
+# == §4.3 streaming: passing a generator on =====================================================
 
 CONSUMERS = ["task", "sync actor", "async actor"]
 
 
 @kinds
 @pytest.mark.parametrize("consumer", CONSUMERS)
-def test_a_generator_passed_on_is_iterated_where_it_went(kind, consumer):
-    a = make(kind)
+def test_a_generator_passed_on_is_iterated_where_it_went(kind, actor, consumer):
+    a = actor
     gen = a.count.remote(6)
     assert pygen.get(gen.next_ready(T), timeout=T) == 0   # one cursor: it goes on from here
     if consumer == "task":
@@ -806,9 +849,9 @@ def test_a_generator_passed_on_is_iterated_where_it_went(kind, consumer):
 
 
 @kinds
-def test_next_from_several_threads_hands_each_item_out_once_in_order(kind):
+def test_next_from_several_threads_hands_each_item_out_once_in_order(kind, actor):
     n, threads = 2000, 4
-    a = make(kind)
+    a = actor
     gen = a.count.remote(n)
     got = [[] for _ in range(threads)]
     errors = []
@@ -834,7 +877,7 @@ def test_next_from_several_threads_hands_each_item_out_once_in_order(kind):
         assert mine == sorted(mine)                                      # in order
 
 
-# == §4.3 streaming: retries (max_restarts + max_task_retries) ===================================================
+# == §4.3 streaming: retries (max_restarts + max_task_retries) ==================================
 
 def _stream_produced(gen) -> int:
     task = pygen.state._node().tasks.get(gen._task_id)
@@ -859,6 +902,25 @@ def test_a_retry_hands_out_no_item_twice_and_skips_none(kind, tmp_path):
         assert pygen.get(gen.completed(), timeout=T) == 2
     assert sorted(os.listdir(d)) == ["attempt-1", "attempt-2", "release"]
     assert pygen.get(a.pid.remote(), timeout=T) != first_pid   # restarted
+
+
+@kinds
+def test_a_retried_generator_keeps_its_backpressure_window(kind, tmp_path):
+    """The new attempt of a generator with generator_backpressure=2 skips the 2 items
+    already taken, then runs until 2 of its own are produced and not taken -- not 1:
+    the items it skipped count as taken."""
+    d, release = str(tmp_path), str(tmp_path / "release")
+    log = os.path.join(d, "log-2")
+    a = make(kind, max_restarts=1, max_task_retries=1)
+    gen = a.flaky_logging.options(generator_backpressure=2).remote(d, 8, 2, release)
+    assert pygen.get([gen.next_ready(T), gen.next_ready(T)], timeout=T) == [0, 1]
+    touch(release)   # attempt 1 dies before item 2
+    assert wait_until(lambda: len(logged(log)) >= 4, T), logged(log)
+    assert logged(log) == [0, 1, 2, 3]   # 0 and 1 skipped, 2 and 3 produced: paused
+    if kind in CONCURRENT:
+        assert pygen.get(a.how_far.remote(), timeout=T) == 4
+    assert pygen.get(drain(gen), timeout=T) == list(range(2, 8))
+    assert logged(log) == list(range(8))
 
 
 @kinds
