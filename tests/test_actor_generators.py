@@ -29,7 +29,8 @@ from pygen import DynamicObjectRefGenerator, ObjectRefGenerator
 from pygen.exceptions import (ActorDiedError, GetTimeoutError, InconsistentRetryError,
                               PygenError, TaskCancelledError, TaskError)
 
-from conftest import attempt, store_empty, touch, wait_file, wait_until
+from conftest import (STORE, assert_clean_after_shutdown, attempt, store_empty, touch,
+                      wait_file, wait_until)
 
 pytestmark = [pytest.mark.usefixtures("session"), pytest.mark.timeout(120)]
 
@@ -341,16 +342,35 @@ def _shared_actors(session):
 @pytest.fixture
 def actor(kind, _shared_actors):
     """The actor of ``kind`` shared by the tests that leave it as they found it (a new
-    actor process costs more than most of these tests); replaced if it stops answering."""
-    a = _shared_actors.get(kind)
-    if a is not None:
+    actor process costs more than most of these tests); replaced if it stops answering
+    or belongs to an earlier session."""
+    node = pygen.state._node()
+    found = _shared_actors.get(kind)
+    if found is not None and found[0] is node:
         try:
-            if pygen.get(a.ping.remote(), timeout=10) == "pong":
-                return a
+            if pygen.get(found[1].ping.remote(), timeout=10) == "pong":
+                return found[1]
         except PygenError:
             pass
-    a = _shared_actors[kind] = make(kind)
+    a = make(kind)
+    _shared_actors[kind] = (node, a)
     return a
+
+
+@pytest.fixture
+def fresh():
+    """A session of the test's own; this module's session again afterwards."""
+    pygen.shutdown()
+
+    def start(**kwargs):
+        kwargs.setdefault("num_cpus", 2)
+        kwargs.setdefault("object_store_memory", STORE)
+        pygen.init(**kwargs)
+
+    yield start
+    pygen.shutdown()
+    assert_clean_after_shutdown()
+    pygen.init(num_cpus=2, object_store_memory=STORE)
 
 
 def returns_values(kind: str) -> bool:
@@ -808,7 +828,10 @@ def test_cancel_makes_the_next_item_a_task_cancelled_error(kind, actor, tmp_path
 
 
 @kinds
-def test_cancel_of_a_generator_call_that_has_not_started(kind, tmp_path):
+@pytest.mark.parametrize("how", ["cancel", "close"])
+def test_cancel_or_close_of_a_generator_call_that_has_not_started(kind, how, tmp_path):
+    """The call is already with the actor's process, queued behind calls that hold
+    every slot: it never runs its generator's body."""
     gate = str(tmp_path / "gate")
     slots = {"sync": 1, "threaded": 2}.get(kind, 1)
     a = make(kind) if kind == "sync" else make(kind, max_concurrency=slots)
@@ -819,12 +842,40 @@ def test_cancel_of_a_generator_call_that_has_not_started(kind, tmp_path):
         busy.append(a.gated.remote(1, 0, gate, str(d)))
         assert wait_file(str(d / "waiting"), T)
     gen = a.count.remote(3)
-    pygen.cancel(gen)
+    if how == "cancel":
+        pygen.cancel(gen)
+    else:
+        gen.close()
+        assert_stopped(gen)
     touch(gate)
     values, error, after = values_until_error(gen)
-    assert values == [] and isinstance(error, TaskCancelledError) and after == []
+    if how == "cancel":
+        assert values == [] and isinstance(error, TaskCancelledError) and after == []
+        with pytest.raises(TaskCancelledError):
+            pygen.get(gen.completed(), timeout=T)
+    else:
+        assert values == [] and error is None
+        assert pygen.get(gen.completed(), timeout=T) is None
     assert [pygen.get(drain(b), timeout=T) for b in busy] == [[0]] * slots
     assert pygen.get(a.how_far.remote(), timeout=T) == 1   # count never ran
+
+
+@pytest.mark.parametrize("kind", ["sync", "threaded", "async_gen"])
+def test_cancel_interrupts_a_generator_blocked_in_its_step(kind, tmp_path):
+    """sync: the signal interrupts the step on the main thread; threaded: the error is
+    raised in the pool thread; async: the step's await is cancelled.  (A def generator
+    on an async actor's loop blocks the loop: it sees the cancel at its next yield.)"""
+    gate, d = str(tmp_path / "never"), str(tmp_path)
+    a = make(kind)
+    gen = a.gated.remote(3, 1, gate, d)
+    assert pygen.get(gen.next_ready(T), timeout=T) == 0
+    assert wait_file(os.path.join(d, "waiting"), T)
+    pygen.cancel(gen)
+    values, error, after = values_until_error(gen)
+    assert values == [] and isinstance(error, TaskCancelledError) and after == [], error
+    assert not os.path.exists(os.path.join(d, "done"))
+    assert pygen.get(a.ping.remote(), timeout=T) == "pong"   # the actor lives on
+    assert pygen.get(a.how_far.remote(), timeout=T) == 1
 
 
 # == §4.3 streaming: passing a generator on =====================================================
@@ -961,3 +1012,54 @@ def test_retries_exhausted_end_the_stream_with_actor_died_error(kind, tmp_path):
     assert len(os.listdir(d)) == 2   # run, retried once
     assert_stopped(gen)
     assert pygen.get(a.ping.remote(), timeout=T) == "pong"   # restarts left: it lives
+
+
+# == every end of the call ends the stream ===================================================
+
+@kinds
+def test_killing_an_actor_whose_stream_is_paused_ends_it_after_the_produced_items(kind,
+                                                                                  tmp_path):
+    log, d = str(tmp_path / "log"), str(tmp_path)
+    a = make(kind)
+    gen = a.logging.options(generator_backpressure=2).remote(log, d, 100)
+    assert wait_until(lambda: len(logged(log)) >= 2, T)
+    pygen.kill(a)
+    values, error, after = values_until_error(gen)
+    assert values == [0, 1] and after == []
+    assert isinstance(error, ActorDiedError) and "killed by pygen.kill" in str(error), error
+    assert_stopped(gen)
+    with pytest.raises(ActorDiedError):
+        pygen.get(gen.completed(), timeout=T)
+
+
+def test_shutdown_ends_actor_streams_and_wakes_blocked_consumers(fresh, tmp_path):
+    fresh()
+    gens = []
+    for kind in KINDS:
+        d = tmp_path / kind
+        d.mkdir()
+        a = make(kind)
+        gen = a.gated.remote(3, 1, str(d / "never"), str(d))
+        assert pygen.get(gen.next_ready(T), timeout=T) == 0
+        assert wait_file(str(d / "waiting"), T)
+        gens.append((a, gen))
+    outcomes = []
+
+    def consume(gen):
+        try:
+            gen.next_ready(60)
+            outcomes.append("item")
+        except StopIteration:
+            outcomes.append("stop")
+        except Exception as exc:  # noqa: BLE001 - any error is fine, a hang is not
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=consume, args=(gen,)) for _, gen in gens]
+    for t in threads:
+        t.start()
+    pygen.shutdown()
+    for t in threads:
+        t.join(T)
+    assert not any(t.is_alive() for t in threads), "a consumer blocked in next() survived"
+    assert len(outcomes) == len(KINDS)
+    assert not any(isinstance(o, GetTimeoutError) for o in outcomes), outcomes
