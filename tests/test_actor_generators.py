@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pickle
+import signal
 import threading
 import time
 
@@ -116,6 +117,7 @@ class _SyncGenerators(_Probe):
         return "end"
 
     def logging(self, log, d, n, nbytes=0):
+        self.produced = 0   # (the actor may have run generators before)
         try:
             for i in range(n):
                 _log(log, i)
@@ -197,6 +199,16 @@ class _SyncGenerators(_Probe):
         yield "x"
         os._exit(1)
 
+    def endless(self, d, gate):
+        attempt(d)
+        yield 0
+        wait_file(gate, T)
+        i = 1
+        while True:
+            time.sleep(0.002)
+            yield i
+            i += 1
+
 
 class _AsyncGenerators(_Probe):
     async def count(self, n, ret=None):
@@ -224,6 +236,7 @@ class _AsyncGenerators(_Probe):
         touch(os.path.join(d, "done"))
 
     async def logging(self, log, d, n, nbytes=0):
+        self.produced = 0   # (the actor may have run generators before)
         try:
             for i in range(n):
                 _log(log, i)
@@ -299,6 +312,16 @@ class _AsyncGenerators(_Probe):
         attempt(d)
         yield "x"
         os._exit(1)
+
+    async def endless(self, d, gate):
+        attempt(d)
+        yield 0
+        await _until(gate)
+        i = 1
+        while True:
+            await asyncio.sleep(0.002)
+            yield i
+            i += 1
 
 
 @pygen.remote
@@ -746,12 +769,13 @@ def test_close_of_a_finished_generator_and_twice(kind, actor):
 # == §4.3 streaming: backpressure ===============================================================
 
 def _progress(kind, a, log) -> int:
-    """How far the producer got: an actor that answers calls while its generator is
-    paused says so itself; a sync actor cannot (its one thread is the producer's), so
-    its generator's log says it."""
+    """How far the producer got: its log; an actor that answers calls while its
+    generator is paused says so itself as well (a sync actor cannot: its one thread is
+    the producer's).  The log is written just before the count: the lower one counts."""
+    n = len(logged(log))
     if kind in CONCURRENT:
-        return pygen.get(a.how_far.remote(), timeout=T)
-    return len(logged(log))
+        return min(n, pygen.get(a.how_far.remote(), timeout=T))
+    return n
 
 
 @kinds
@@ -1013,6 +1037,27 @@ def test_retries_exhausted_end_the_stream_with_actor_died_error(kind, tmp_path):
     assert_stopped(gen)
     assert pygen.get(a.ping.remote(), timeout=T) == "pong"   # restarts left: it lives
 
+
+
+@kinds
+def test_a_closed_generator_is_not_run_again_when_its_actor_restarts(kind, tmp_path):
+    """Closed while in a step, then the actor dies: nobody can take the items of a new
+    attempt, and nothing would stop it (the Close went to the dead process), so the call
+    is not retried.  It ends with the death; the restarted actor serves calls."""
+    d, gate = str(tmp_path), str(tmp_path / "gate")
+    a = make(kind, max_restarts=1, max_task_retries=1)
+    pid = pygen.get(a.pid.remote(), timeout=T)
+    gen = a.endless.remote(d, gate)
+    assert pygen.get(gen.next_ready(T), timeout=T) == 0
+    gen.close()
+    os.kill(pid, signal.SIGKILL)
+    touch(gate)   # a new attempt would run for ever from here
+    with pytest.raises(ActorDiedError, match="may or may not have run"):
+        pygen.get(gen.completed(), timeout=T)
+    assert pygen.get(a.ping.remote(), timeout=T) == "pong"
+    assert pygen.get(a.pid.remote(), timeout=T) != pid
+    assert sorted(os.listdir(d)) == ["attempt-1", "gate"]
+    assert_stopped(gen)
 
 # == every end of the call ends the stream ===================================================
 
