@@ -923,6 +923,47 @@ def test_a_generator_passed_on_is_iterated_where_it_went(kind, actor, consumer):
     assert_stopped(gen)
 
 
+@pygen.remote(max_restarts=1, max_task_retries=1)
+class FragileCollector:
+    def consume(self, gen, d, die_after):
+        first = attempt(d) == 1
+        if first and die_after == 0:
+            os._exit(1)
+        out = []
+        for ref in gen:
+            out.append(pygen.get(ref))
+            if first and len(out) == die_after:
+                os._exit(1)
+        return out
+
+
+@pytest.mark.parametrize("kind", ["sync", "async_gen"])
+def test_a_consumer_actor_that_dies_after_taking_items_is_not_retried(kind, actor, tmp_path):
+    """A new attempt would start where the dead one stopped and silently miss the items
+    it took: the call fails, its error says why (and that the actor lives on), and the
+    rest of the generator is still there for whoever asks."""
+    d = str(tmp_path)
+    gen = actor.count.remote(8)
+    consumer = FragileCollector.remote()
+    with pytest.raises(ActorDiedError) as info:
+        pygen.get(consumer.consume.remote(gen, d, 3), timeout=T)
+    text = str(info.value)
+    assert "is being restarted" in text and "may or may not have run" in text, text
+    assert "not retried: it had taken items from the streaming generator" in text, text
+    assert os.listdir(d) == ["attempt-1"]
+    assert pygen.get(drain(gen), timeout=T) == [3, 4, 5, 6, 7]
+    assert pygen.get(consumer.consume.remote(actor.count.remote(2), d, -1), timeout=T) == [0, 1]
+
+
+@pytest.mark.parametrize("kind", ["sync", "async_gen"])
+def test_a_consumer_actor_that_dies_before_taking_an_item_is_retried(kind, actor, tmp_path):
+    d = str(tmp_path)
+    consumer = FragileCollector.remote()
+    assert pygen.get(consumer.consume.remote(actor.count.remote(4), d, 0), timeout=T) == \
+        [0, 1, 2, 3]
+    assert len(os.listdir(d)) == 2
+
+
 @kinds
 def test_next_from_several_threads_hands_each_item_out_once_in_order(kind, actor):
     n, threads = 2000, 4
