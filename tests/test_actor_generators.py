@@ -923,6 +923,26 @@ def test_a_generator_passed_on_is_iterated_where_it_went(kind, actor, consumer):
     assert_stopped(gen)
 
 
+@kinds
+@pytest.mark.parametrize("consumer", CONSUMERS)
+def test_a_producer_actor_that_dies_is_retried_for_the_consumer_it_was_passed_to(kind,
+                                                                                 consumer,
+                                                                                 tmp_path):
+    d, release = str(tmp_path), str(tmp_path / "release")
+    touch(release)   # attempt 1 dies at item 4, whoever has taken what
+    a = make(kind, max_restarts=1, max_task_retries=1)
+    gen = a.flaky.remote(d, 10, 4, release)
+    if consumer == "task":
+        ref = consume_all.remote(gen)
+    elif consumer == "sync actor":
+        ref = Collector.remote().consume.remote(gen)
+    else:
+        ref = AsyncCollector.remote().consume.remote(gen)
+    got = pygen.get(ref, timeout=T)
+    assert [i for _, i in got] == list(range(10)), got   # every item once, in order
+    assert sorted(os.listdir(d)) == ["attempt-1", "attempt-2", "release"]
+
+
 @pygen.remote(max_restarts=1, max_task_retries=1)
 class FragileCollector:
     def consume(self, gen, d, die_after):
