@@ -1371,6 +1371,35 @@ def test_inconsistent_retry_boundary(tmp_path, again):
     assert len(os.listdir(tmp_path)) == 3  # two attempts and the release
 
 
+def test_a_closed_generator_is_not_run_again_when_its_worker_dies(tmp_path):
+    """Closed while in a step, then its worker dies: nobody can take the items of a new
+    attempt and nothing would stop it (the Close went to the dead worker): no retry."""
+    d, gate = str(tmp_path), str(tmp_path / "gate")
+
+    @pygen.remote(max_retries=1)
+    def endless(d, gate):
+        attempt(d)
+        touch(os.path.join(d, f"pid-{os.getpid()}"))
+        yield 0
+        wait_for_release(gate)
+        i = 1
+        while True:
+            time.sleep(0.002)
+            yield i
+            i += 1
+
+    gen = endless.remote(d, gate)
+    assert pygen.get(gen.next_ready(T), timeout=T) == 0
+    gen.close()
+    pid = [int(x[4:]) for x in os.listdir(d) if x.startswith("pid-")][0]
+    os.kill(pid, signal.SIGKILL)
+    touch(gate)   # a new attempt would run for ever from here
+    with pytest.raises(WorkerCrashedError):
+        pygen.get(gen.completed(), timeout=T)
+    assert sorted(x for x in os.listdir(d) if x.startswith("attempt-")) == ["attempt-1"]
+    assert_stopped(gen)
+
+
 def test_retries_exhausted_end_with_worker_crashed(tmp_path):
     d = str(tmp_path)
 

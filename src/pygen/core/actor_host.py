@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import traceback
+import types
 from typing import TYPE_CHECKING, Any, Dict, Optional
 
 import cloudpickle
@@ -172,7 +173,8 @@ class AsyncHost:
             ex.check_cancelled(call)
             result = fn(*args, **kwargs)
             del args, kwargs
-            if self.asyncio.iscoroutine(result):
+            # not asyncio.iscoroutine: before Python 3.12 it is true of plain generators too
+            if type(result) is types.CoroutineType:
                 result = await result
         except self.asyncio.CancelledError:
             call.cancelled = True

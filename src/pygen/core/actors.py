@@ -297,7 +297,7 @@ class ActorTable:
                 retried.append(call)
             else:
                 self.node.fail(call, self._died_error(actor, call, in_flight=True,
-                                                      reason=reason))
+                                                      reason=reason, restarted=restart))
         if restart:
             actor.queue.extendleft(reversed(retried))
             actor.restarts += 1
@@ -351,15 +351,16 @@ class ActorTable:
         self.node.objects.callbacks.extend(callbacks)
 
     def _died_error(self, actor: Optional[ActorState], call: Task, in_flight: bool,
-                    reason: Optional[str] = None) -> tuple:
+                    reason: Optional[str] = None, restarted: bool = False) -> tuple:
         if actor is None:
             text = (f"the actor of call {call.spec.name} is dead or does not exist (it "
                     f"belongs to another pygen session, or died long ago)")
         else:
-            text = f"{actor.describe()} is dead: {reason or actor.death}"
+            state = "died and is being restarted" if restarted else "is dead"
+            text = f"{actor.describe()} {state}: {reason or actor.death}"
             if in_flight:
                 text += (f"; the call {call.spec.name} was in flight, so it may or may not "
-                         f"have run")
+                         f"have run{self.node.scheduler.no_retry_reason(call)}")
         return self.node.system_error(ActorDiedError(text))
 
     def kill(self, actor_id: bytes, no_restart: bool, done: Callable[[], None]) -> None:

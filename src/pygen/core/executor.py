@@ -526,10 +526,11 @@ class GeneratorRun:
         return False
 
     def must_wait(self) -> bool:
-        """Backpressure: ``backpressure`` items are produced and not taken yet."""
+        """Backpressure: ``backpressure`` items are produced and not taken yet (a retry's
+        skipped items were taken before it started, whatever the Acks say so far)."""
         call, ex = self.call, self.ex
         return bool(call.backpressure) and self.index > call.skip and (
-            self.index - ex.acks.get(call.task_id, 0) >= call.backpressure
+            self.index - max(ex.acks.get(call.task_id, 0), call.skip) >= call.backpressure
             and call.task_id not in ex.closing and call.task_id not in ex.cancelled
             and not ex.exiting)
 

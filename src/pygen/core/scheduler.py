@@ -217,9 +217,14 @@ class Scheduler:
 
     def should_retry(self, task: Task) -> bool:
         """Whether a task that failed for a retryable reason runs again.  An actor call
-        is retried only when its actor lives on (``Node.actor_died`` decides that)."""
+        is retried only when its actor lives on (``Node.actor_died`` decides that).
+        A generator whose stream was closed, or stopped because nobody can consume it,
+        is not: nobody could take a new attempt's items, and nothing would stop it (the
+        Close went to the worker that died)."""
+        stream = task.stream
         return (self.retries_left(task) and task.took_from is None
-                and not task.cancelled and not self.node.closed)
+                and not task.cancelled and not self.node.closed
+                and (stream is None or not (stream.closed or stream.close_sent)))
 
     @classmethod
     def no_retry_reason(cls, task: Task) -> str:
