@@ -47,7 +47,7 @@ from pygen.exceptions import (ObjectExistsError, ObjectNotFoundError, ObjectNotS
                               ObjectStoreError, ObjectStoreFullError)
 
 __all__ = ["ID_SIZE", "Store", "ObjectBuffer", "ObjectWriter", "copy_into", "copy_skew",
-           "COPY_SKEW", "punch_hole", "DEBUG", "CRASH_POINTS"]
+           "COPY_SKEW", "punch_hole", "wait_released", "DEBUG", "CRASH_POINTS"]
 
 ID_SIZE = STORE_ID_SIZE
 DEBUG = bool(store_debug_build())
@@ -847,6 +847,16 @@ def _debug_hold_lock(Store store, uint32_t ms):
     store._user_done()
     if rc != STORE_OK:
         _raise_status(rc, "_debug_hold_lock")
+
+
+def wait_released(timeout=None):
+    """Wait until the closes of this process's large stores, which unmap and free their
+    memory in a detached thread, are done: True, or False after `timeout` seconds."""
+    cdef int64_t t = _timeout_ns(timeout)
+    cdef int rc
+    with nogil:
+        rc = store_release_wait(t)
+    return rc == STORE_OK
 
 
 def _debug_commit_lies(Store store):

@@ -62,6 +62,7 @@ cdef extern from "store.h" nogil:
     int store_attach(const char *name, int prefault, store_t **out)
     int store_attach_fd(int fd, int prefault, store_t **out)
     int store_close(store_t *s)
+    int store_release_wait(int64_t timeout_ns)
     int store_unlink(store_t *s)
     int store_unlink_name(const char *name)
 

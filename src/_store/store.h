@@ -141,8 +141,13 @@ int store_create(const store_options_t *opt, store_t **out);
 int store_attach(const char *name, int prefault, store_t **out);
 int store_attach_fd(int fd, int prefault, store_t **out);    /* takes ownership of fd */
 /* Release this handle's slot (its pins dropped, its unsealed objects aborted), stop the
- * pre-fault thread, unmap, close the fd, free the handle.  Always frees the handle. */
+ * threads, unmap, close the fd, free the handle.  Always frees the handle.  A segment
+ * holding more than 256 MiB is unmapped and closed by a detached thread (freeing its pages
+ * takes ~0.2 s per GB): store_release_wait waits for those. */
 int store_close(store_t *s);
+/* Wait until every close of this process handed to a detached thread is done.
+ * STORE_OK, or STORE_ERR_TIMEOUT after timeout_ns (< 0: forever). */
+int store_release_wait(int64_t timeout_ns);
 int store_unlink(store_t *s);                                /* idempotent */
 int store_unlink_name(const char *name);                     /* same, by name (after close) */
 

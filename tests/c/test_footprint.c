@@ -1,6 +1,8 @@
 /* test_footprint.c -- memory follows use: the commit map, reservation on demand, giving
  * back (trim), the warm window and its threads, and that a committed bit never lies
  * (store_debug_commit_lies: reserving a committed chunk again must not grow the file). */
+#include <errno.h>
+#include <fcntl.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -395,6 +397,23 @@ static void test_close_while_the_threads_work(void)
     drop_store(s);
 }
 
+static void test_a_big_segment_is_released_by_a_detached_thread(void)
+{
+    store_t *s = new_store(512 * MiB, 1, 0, 0, 0);
+    CHECK_EQ(put(s, 1, 300 * MiB), STORE_OK);    /* > 256 MiB held */
+    int fd = store_fd(s);
+    CHECK_EQ(store_unlink(s), STORE_OK);
+    CHECK_EQ(store_close(s), STORE_OK);          /* returns before the unmapping */
+    CHECK_EQ(store_release_wait(30000000000ll), STORE_OK);
+    CHECK(fcntl(fd, F_GETFD) == -1 && errno == EBADF);   /* and then the fd is gone */
+    /* a small one closes at once */
+    s = new_store(64 * MiB, 0, 0, 0, 0);
+    fd = store_fd(s);
+    drop_store(s);
+    CHECK(fcntl(fd, F_GETFD) == -1 && errno == EBADF);
+    CHECK_EQ(store_release_wait(0), STORE_OK);
+}
+
 int main(void)
 {
     RUN(test_commit_map);
@@ -407,5 +426,6 @@ int main(void)
     RUN(test_window_follows_use);
     RUN(test_window_tracks_growth);
     RUN(test_close_while_the_threads_work);
+    RUN(test_a_big_segment_is_released_by_a_detached_thread);
     CHECK_MAIN_END();
 }
