@@ -36,6 +36,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "copy.h"
 #include "fault.h"
 #include "status.h"
 #include "store_impl.h"
@@ -48,6 +49,8 @@
 #define TRIM_STEP (4ull << 20)
 /* Runs collected per trim step (a run is one punch). */
 #define TRIM_RUNS 32
+/* Cold parts of a block at least this big are reserved by mapping them with every CPU. */
+#define FP_MAP_MIN (8ull << 20)
 /* The warmer's pause after /dev/shm refused a reservation. */
 #define WARM_BACKOFF_NS 1000000000ll
 
@@ -157,8 +160,61 @@ static int reserve_need(store_t *s, const fp_need_t *need)
     return STORE_OK;
 }
 
-int fp_block_reserve(store_t *s, const fp_need_t *need)
+/* Reserve the runs by mapping them here with every CPU (see reserve_map); 0 or errno. */
+static int map_need(store_t *s, const fp_need_t *need, int threads)
 {
+    if (need->whole)
+        return reserve_map(s->arena.base + need->lo * COMMIT_CHUNK,
+                           commit_run_bytes(&s->commit, need->lo, need->hi), threads);
+    for (int i = 0; i < need->nruns; i++) {
+        int e = reserve_map(s->arena.base + need->runs[i].lo * COMMIT_CHUNK,
+                            commit_run_bytes(&s->commit, need->runs[i].lo, need->runs[i].hi), threads);
+        if (e)
+            return e;
+    }
+    return 0;
+}
+
+static uint64_t need_bytes(store_t *s, const fp_need_t *need)
+{
+    if (need->whole)
+        return commit_run_bytes(&s->commit, need->lo, need->hi);
+    uint64_t n = 0;
+    for (int i = 0; i < need->nruns; i++)
+        n += commit_run_bytes(&s->commit, need->runs[i].lo, need->runs[i].hi);
+    return n;
+}
+
+/* After a failed reservation: give back what a partial mapping may hold -- the chunks
+ * only this block overlaps (past its header's chunk, before the next header; the edge
+ * chunks are shared with neighbours) that are not committed (committed ones hold what
+ * they promise; they are the trimmer's).  Under the lock, with purge_seq bumped, so the
+ * warmer does not mark as committed a chunk it reserved before this punch. */
+static void unreserve_interior(store_t *s, uint64_t off, uint64_t len)
+{
+    uint64_t lo = commit_chunk_up(off + ARENA_HEADER), hi = commit_chunk_of(off + len);
+    if (lo >= hi || store_lock_(s) != STORE_OK)
+        return;
+    s->hdr->purge_seq++;
+    commit_run_t r;
+    while (commit_find(&s->commit, lo, hi, 0, UINT64_MAX, &r)) {
+        release_range(s->seg.fd, file_off(s, r.lo), commit_run_bytes(&s->commit, r.lo, r.hi));
+        lo = r.hi;
+    }
+    store_unlock_(s);
+}
+
+int fp_block_reserve(store_t *s, const fp_need_t *need, uint64_t off, uint64_t len)
+{
+    /* Big cold blocks: map them with both CPUs (the copy then runs into mapped pages);
+     * the rest, or if that fails, fallocate (it says ENOSPC, and undoes itself). */
+    int threads = copy_cpus();
+    int mapped = 0;
+    if (threads > 1 && need_bytes(s, need) >= FP_MAP_MIN) {
+        mapped = 1;
+        if (map_need(s, need, threads) == 0)
+            return STORE_OK;
+    }
     int rc = reserve_need(s, need);
     if (rc == STORE_ERR_NOSPC && store_lock_(s) == STORE_OK) {
         /* /dev/shm is full, but free memory of ours may hold reserved pages: give them
@@ -170,6 +226,8 @@ int fp_block_reserve(store_t *s, const fp_need_t *need)
         if (released)
             rc = reserve_need(s, need);
     }
+    if (rc != STORE_OK && mapped)
+        unreserve_interior(s, off, len);
     return rc;
 }
 

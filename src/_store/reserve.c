@@ -54,6 +54,48 @@ void reserve_populate(uint8_t *addr, uint64_t len)
     madvise(addr, len, MADV_POPULATE_WRITE);
 }
 
+typedef struct map_job {
+    uint8_t *addr;
+    uint64_t len;
+    _Atomic uint64_t next;
+    _Atomic int err;
+} map_job_t;
+
+static void *map_pieces(void *arg)
+{
+    map_job_t *j = arg;
+    for (;;) {
+        uint64_t off = atomic_fetch_add(&j->next, RESERVE_MAP_PIECE);
+        if (off >= j->len || atomic_load(&j->err))
+            return NULL;
+        uint64_t n = j->len - off < RESERVE_MAP_PIECE ? j->len - off : RESERVE_MAP_PIECE;
+        if (madvise(j->addr + off, n, MADV_POPULATE_WRITE) != 0) {
+            int e = errno;
+            int none = 0;
+            atomic_compare_exchange_strong(&j->err, &none, e ? e : EIO);
+            return NULL;
+        }
+    }
+}
+
+int reserve_map(uint8_t *addr, uint64_t len, int threads)
+{
+    map_job_t j = {.addr = addr, .len = len};
+    atomic_store(&j.next, 0);
+    atomic_store(&j.err, 0);
+    if (threads > 8)
+        threads = 8;
+    pthread_t tids[8];
+    int started[8] = {0};
+    for (int i = 1; i < threads; i++)
+        started[i] = pthread_create(&tids[i], NULL, map_pieces, &j) == 0;
+    map_pieces(&j);
+    for (int i = 1; i < threads; i++)
+        if (started[i])
+            pthread_join(tids[i], NULL);
+    return atomic_load(&j.err);
+}
+
 static void *bg_main(void *arg)
 {
     bg_thread_t *t = arg;

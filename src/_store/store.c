@@ -734,7 +734,7 @@ int store_create_object(store_t *s, const uint8_t *id, uint64_t data_size, uint6
         /* Reserve the block's chunks before anyone writes it (outside the lock:
          * fallocate of a big block takes a while).  While the block is allocated no
          * punch can touch a chunk it overlaps, so the reservation holds. */
-        rc = fp_block_reserve(s, &need);
+        rc = fp_block_reserve(s, &need, off, got);
         FAULT_POINT(FAULT_CREATE_RESERVED);
         int lrc = lock(s);
         if (lrc != STORE_OK)

@@ -105,9 +105,9 @@ typedef struct fp_need {
     uint64_t lo, hi;            /* every chunk the block overlaps */
 } fp_need_t;
 void fp_block_need(store_t *s, uint64_t off, uint64_t len, fp_need_t *need);
-/* Reserve what `need` lists (lock NOT held); on ENOSPC, give back our own idle memory
- * and try once more.  STORE_OK or STORE_ERR_NOSPC / SYS. */
-int fp_block_reserve(store_t *s, const fp_need_t *need);
+/* Reserve what `need` lists for the block [off, off+len) (lock NOT held); on ENOSPC,
+ * give back our own idle memory and try once more.  STORE_OK or STORE_ERR_NOSPC / SYS. */
+int fp_block_reserve(store_t *s, const fp_need_t *need, uint64_t off, uint64_t len);
 /* Mark what `need` lists committed (lock held, after fp_block_reserve succeeded). */
 void fp_block_commit(store_t *s, const fp_need_t *need, uint32_t now);
 
