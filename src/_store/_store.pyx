@@ -628,6 +628,7 @@ cdef class Store:
             "window": st.window, "window_target": st.window_target,
             "high_water": st.high_water, "purged": st.purged,
             "purge_delay": st.purge_delay_ms / 1000.0, "shm_bytes": st.shm_bytes,
+            "trimmer_wakeups": st.trimmer_wakeups,
         }
 
     def list_ids(self):

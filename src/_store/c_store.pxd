@@ -48,7 +48,7 @@ cdef extern from "store.h" nogil:
         uint64_t reserved, prefaulted, recoveries
         uint64_t blocks, free_blocks, pins_here, segment_size
         uint64_t committed, tables, window, window_target, high_water, purged
-        uint64_t purge_delay_ms, shm_bytes
+        uint64_t purge_delay_ms, shm_bytes, trimmer_wakeups
 
     ctypedef struct store_slot_info_t:
         uint32_t slot

@@ -122,6 +122,7 @@ typedef struct store_stats {
     uint64_t purged;           /* bytes given back to the system so far                  */
     uint64_t purge_delay_ms;
     uint64_t shm_bytes;        /* what the segment really holds (fstat: st_blocks x 512)  */
+    uint64_t trimmer_wakeups;  /* times a free woke the trimmer thread                   */
 } store_stats_t;
 
 typedef struct store_slot_info {

@@ -47,6 +47,7 @@ typedef struct store_hdr {
     uint64_t warm_top;                 /* high-water mark when the window was last full  */
     uint64_t purge_seq;                /* bumped by every punch                          */
     uint64_t purged;                   /* bytes given back so far                        */
+    uint64_t trimmer_wakeups;          /* times a free woke the trimmer                  */
     uint32_t last_grow_ms;             /* last allocation from the wilderness            */
     _Atomic uint32_t trimmer_idle;     /* the trimmer sleeps with nothing pending        */
     _Atomic uint32_t warm_kick;        /* futex words the creator's two threads sleep on */
