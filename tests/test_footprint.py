@@ -300,7 +300,7 @@ SHARED_SHM_DRIVER = textwrap.dedent("""
             assert time.time() < deadline, step
             time.sleep(0.01)
 
-    pygen.init(num_cpus=1, object_store_memory=80 * 2**20)
+    pygen.init(num_cpus=1, object_store_memory=70 * 2**20)
     together("started")               # both ceilings fit: nothing is taken up front
     held, outcome = [], "ALL-STORED"
     for i in range(12):               # 12 x 10 MB each: more than /dev/shm holds
@@ -323,9 +323,10 @@ SHARED_SHM_DRIVER = textwrap.dedent("""
 
 
 def test_drivers_sharing_a_small_dev_shm_get_errors_not_crashes(tmp_path):
-    """Two drivers, each with an 80 MiB ceiling, in a 100 MiB /dev/shm: both start (nothing
-    is taken up front); when it runs short, values spill or put raises ObjectStoreFullError;
-    nobody gets a SIGBUS."""
+    """Two drivers, each with a 70 MiB ceiling, in a 100 MiB /dev/shm: both start (nothing
+    is taken up front: each finds room for its ceiling beside the other's ~18 MiB of tables
+    and warm window); when /dev/shm runs short, values spill or put raises
+    ObjectStoreFullError; nobody gets a SIGBUS."""
     probe = subprocess.run(["unshare", "-m", "--propagation", "private", "true"],
                            capture_output=True)
     if probe.returncode != 0:
