@@ -5,7 +5,8 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 STORE_DIR = os.path.join("src", "_store")
-C_SOURCES = ["status.c", "fault.c", "shm.c", "reserve.c", "wait.c", "copy.c", "arena.c", "table.c", "store.c"]
+C_SOURCES = ["status.c", "fault.c", "shm.c", "reserve.c", "wait.c", "copy.c", "arena.c", "table.c",
+             "commit.c", "footprint.c", "store.c"]
 DEBUG = os.environ.get("PYGEN_DEBUG") == "1"
 SANITIZE = os.environ.get("PYGEN_SANITIZE") == "1"
 

@@ -35,7 +35,8 @@ def oid(n: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def store():
-    """A 2.2 GB store, fully reserved and pre-faulted before any measurement (warm)."""
+    """A 2.2 GB store (a ceiling: memory is taken as objects need it); its warm window
+    reserved before any measurement.  The put rounds reuse their block (LIFO): warm."""
     s = _store.Store.create(2 * GiB + 256 * (1 << 20))
     s.unlink()
     assert s.prefault_wait(timeout=120)

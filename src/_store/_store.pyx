@@ -47,7 +47,7 @@ from pygen.exceptions import (ObjectExistsError, ObjectNotFoundError, ObjectNotS
                               ObjectStoreError, ObjectStoreFullError)
 
 __all__ = ["ID_SIZE", "Store", "ObjectBuffer", "ObjectWriter", "copy_into", "copy_skew",
-           "COPY_SKEW", "punch_hole", "DEBUG", "CRASH_POINTS"]
+           "COPY_SKEW", "punch_hole", "wait_released", "DEBUG", "CRASH_POINTS"]
 
 ID_SIZE = STORE_ID_SIZE
 DEBUG = bool(store_debug_build())
@@ -70,6 +70,11 @@ CRASH_POINTS = {
     "recover": FAULT_RECOVER,
     "release_slot": FAULT_RELEASE_SLOT,
     "rebuild_begin": FAULT_REBUILD_BEGIN,
+    "warm_reserved": FAULT_WARM_RESERVED,
+    "warm_commit": FAULT_WARM_COMMIT,
+    "purge_cleared": FAULT_PURGE_CLEARED,
+    "purge_punched": FAULT_PURGE_PUNCHED,
+    "create_reserved": FAULT_CREATE_RESERVED,
 }
 
 cdef enum:
@@ -336,17 +341,32 @@ cdef class Store:
         return self
 
     @staticmethod
-    def create(capacity, *, name=None, max_objects=None, max_slots=256, prefault=True):
-        """Create a new store with an arena of `capacity` bytes (rounded up to a page)."""
+    def create(capacity, *, name=None, max_objects=None, max_slots=256, prefault=True,
+               window_min=None, window_max=None, purge_delay=None):
+        """Create a new store with an arena of `capacity` bytes (rounded up to a page).
+
+        `capacity` is a ceiling: memory is reserved as objects need it.  With `prefault`
+        this process runs the store's two threads: the warmer keeps a window of
+        `window_min` bytes (growing with use up to `window_max`) reserved and mapped above
+        the allocator's high-water mark; the trimmer gives back free memory idle for
+        `purge_delay` seconds.  None: the defaults (store.h)."""
         cdef store_options_t opt
         cdef store_t *s = NULL
         cdef bytes bname = None
         if capacity < 0:
             raise ValueError("capacity must be positive")
+        for what, v in (("window_min", window_min), ("window_max", window_max)):
+            if v is not None and v <= 0:
+                raise ValueError(f"{what} must be > 0 bytes, got {v}")
+        if purge_delay is not None and not (0 < purge_delay <= 3600):
+            raise ValueError(f"purge_delay must be in (0, 3600] seconds, got {purge_delay}")
         opt.capacity = capacity
         opt.max_objects = 0 if max_objects is None else max_objects
         opt.max_slots = max_slots
         opt.prefault = bool(prefault)
+        opt.window_min = 0 if window_min is None else window_min
+        opt.window_max = 0 if window_max is None else window_max
+        opt.purge_delay_ms = 0 if purge_delay is None else max(1, <uint32_t>(purge_delay * 1000))
         opt.name = NULL
         if name is not None:
             bname = os.fsencode(name)
@@ -604,7 +624,11 @@ cdef class Store:
             "max_objects": st.max_objects, "max_slots": st.max_slots,
             "prefaulted": st.prefaulted, "recoveries": st.recoveries,
             "blocks": st.blocks, "free_blocks": st.free_blocks, "pins_here": st.pins_here,
-            "segment_size": st.segment_size,
+            "segment_size": st.segment_size, "committed": st.committed, "tables": st.tables,
+            "window": st.window, "window_target": st.window_target,
+            "high_water": st.high_water, "purged": st.purged,
+            "purge_delay": st.purge_delay_ms / 1000.0, "shm_bytes": st.shm_bytes,
+            "trimmer_wakeups": st.trimmer_wakeups,
         }
 
     def list_ids(self):
@@ -676,7 +700,8 @@ cdef class Store:
         }
 
     def prefault_wait(self, timeout=None):
-        """Wait for this process's background pre-fault to finish: True, or False on timeout."""
+        """Wait until the warm window is reserved and mapped (or /dev/shm refuses more):
+        True, or False on timeout.  True at once in a process that runs no warmer."""
         cdef store_t *s = self._handle()
         cdef int64_t t = _timeout_ns(timeout)
         cdef int rc
@@ -685,6 +710,38 @@ cdef class Store:
             rc = store_prefault_wait(s, t)
         self._user_done()
         return rc == STORE_OK
+
+    def trim(self, all=False):
+        """Give back now the free memory idle for the purge delay outside the warm window
+        (all=True: every free byte, window included).  Returns the bytes given back."""
+        cdef store_t *s = self._handle()
+        cdef uint64_t released = 0
+        cdef int flags = STORE_TRIM_ALL if all else 0
+        cdef int rc
+        self._users += 1
+        try:
+            with nogil:
+                rc = store_trim(s, flags, &released)
+        finally:
+            self._user_done()
+        if rc != STORE_OK:
+            _raise_status(rc, "trim")
+        return released
+
+    def warm(self):
+        """Reserve and map the warm window now, in this process.  Returns the bytes added."""
+        cdef store_t *s = self._handle()
+        cdef uint64_t added = 0
+        cdef int rc
+        self._users += 1
+        try:
+            with nogil:
+                rc = store_warm(s, &added)
+        finally:
+            self._user_done()
+        if rc != STORE_OK:
+            _raise_status(rc, "warm")
+        return added
 
     def close(self):
         """Release this process's slot and unmap -- at once if no ObjectBuffer/ObjectWriter
@@ -791,6 +848,26 @@ def _debug_hold_lock(Store store, uint32_t ms):
     store._user_done()
     if rc != STORE_OK:
         _raise_status(rc, "_debug_hold_lock")
+
+
+def wait_released(timeout=None):
+    """Wait until the closes of this process's large stores, which unmap and free their
+    memory in a detached thread, are done: True, or False after `timeout` seconds."""
+    cdef int64_t t = _timeout_ns(timeout)
+    cdef int rc
+    with nogil:
+        rc = store_release_wait(t)
+    return rc == STORE_OK
+
+
+def _debug_commit_lies(Store store):
+    """Committed chunks that were not really reserved (0 unless the commit map lies).
+    Meaningful only while no other process reserves memory in this store."""
+    cdef uint64_t n = 0
+    cdef int rc = store_debug_commit_lies(store._handle(), &n)
+    if rc != STORE_OK:
+        _raise_status(rc, "_debug_commit_lies")
+    return n
 
 
 def _debug_recover(Store store):

@@ -126,6 +126,7 @@ int arena_init(arena_t *a, uint64_t size)
                           (unsigned long long)size, ARENA_MIN_BLOCK);
     memset(a->ctl, 0, sizeof *a->ctl);
     a->ctl->size = size;
+    a->ctl->top = 0;
     for (unsigned f = 0; f < ARENA_FL_COUNT; f++)
         for (unsigned s = 0; s < ARENA_SL_COUNT; s++)
             a->ctl->heads[f][s] = ARENA_NIL;
@@ -183,6 +184,8 @@ int arena_alloc(arena_t *a, uint64_t size, uint64_t *off_out, uint64_t *got)
     }
     b->size_flags = have;   /* allocated: FREE bit clear */
     b->owner = 0;
+    if (off == c->top)      /* split off the wilderness: the high-water mark rises */
+        c->top = off + have;
     c->used += have;
     c->alloc_blocks++;
     *off_out = off;
@@ -239,6 +242,8 @@ int arena_free(arena_t *a, uint64_t off, int poison)
     next = off + size;
     if (next < c->size)
         arena_block(a, next)->prev_phys = off;
+    else
+        c->top = off;       /* the merged block ends the arena: the high-water mark falls */
     insert_free(a, off);
     return STORE_OK;
 }
@@ -257,6 +262,33 @@ uint64_t arena_largest_free(const arena_t *a)
             best = s;
     }
     return best;
+}
+
+int arena_each_free(const arena_t *a, uint64_t min_size, arena_free_fn fn, void *ctx)
+{
+    const arena_ctl_t *c = a->ctl;
+    unsigned fl, sl;
+    mapping(min_size < ARENA_MIN_BLOCK ? ARENA_MIN_BLOCK : min_size, &fl, &sl);
+    for (unsigned f = fl; f < ARENA_FL_COUNT; f++) {
+        if (!((c->fl_bitmap >> f) & 1))
+            continue;
+        uint32_t slmap = c->sl_bitmap[f] & (f == fl ? ~0u << sl : ~0u);
+        while (slmap) {
+            unsigned s = (unsigned)__builtin_ctz(slmap);
+            slmap &= slmap - 1;
+            for (uint64_t cur = c->heads[f][s]; cur != ARENA_NIL;) {
+                const arena_block_t *b = arena_block(a, cur);
+                uint64_t next = b->next_free;   /* read first: fn may not change the lists, but be safe */
+                if (bsize(b) >= min_size) {
+                    int r = fn(ctx, cur, bsize(b));
+                    if (r)
+                        return r;
+                }
+                cur = next;
+            }
+        }
+    }
+    return 0;
 }
 
 /* ---- rebuild (crash recovery) --------------------------------------------------- */
@@ -314,7 +346,9 @@ int arena_rebuild_add(arena_t *a, uint64_t off, uint64_t size, uint32_t owner)
 
 void arena_rebuild_end(arena_t *a)
 {
+    uint64_t last_gap = a->rb_pos;
     rebuild_gap(a, a->ctl->size);
+    a->ctl->top = last_gap < a->ctl->size ? last_gap : a->ctl->size;
 }
 
 /* ---- invariant check ------------------------------------------------------------ */
@@ -356,6 +390,10 @@ int arena_check(const arena_t *a, arena_report_t *out)
         prev = off;
         off += s;
     }
+    uint64_t top = prev != ARENA_NIL && bfree(arena_block(a, prev)) ? prev : c->size;
+    if (c->top != top)
+        return store_fail(STORE_ERR_INVALID, "arena: high-water mark %llu, the walk says %llu",
+                          (unsigned long long)c->top, (unsigned long long)top);
     if (off != c->size)
         return store_fail(STORE_ERR_INVALID, "arena: blocks end at %llu, arena size %llu",
                           (unsigned long long)off, (unsigned long long)c->size);

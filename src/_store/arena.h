@@ -39,6 +39,12 @@
  * could SIGBUS if /dev/shm is full).  The owner of the arena passes a `reserve` hook that
  * makes such a page safe first; if it fails, the block is handed out unsplit.
  *
+ * High-water mark.  A fresh arena is one free block; blocks are split off its front, so
+ * allocation grows upward from 0 and the free block at the end of the arena (the
+ * "wilderness") starts at the high-water mark of what is in use: `ctl->top`.  Freed blocks
+ * below it are reused first (by the class policy above); the wilderness is split only when
+ * no smaller free block fits.  The store keeps a warm window of memory just above `top`.
+ *
  * Crash safety is *not* this file's job: the allocator's state may be torn by a kill in
  * the middle of an operation; store.c rebuilds it from the object table
  * (`arena_rebuild_*`).  All functions here assume the caller holds the store lock.
@@ -75,6 +81,9 @@ typedef struct arena_block {
 /* Allocator control block, in the segment header (shared memory). */
 typedef struct arena_ctl {
     uint64_t size;                    /* arena bytes, multiple of 64              */
+    uint64_t top;                     /* start of the free block that ends the arena (the
+                                       * "wilderness"), `size` if the last block is in use:
+                                       * the allocator's high-water mark              */
     uint64_t used;                    /* bytes in allocated blocks (with headers) */
     uint64_t alloc_blocks;            /* number of allocated blocks               */
     uint64_t free_blocks;             /* number of free blocks                    */
@@ -126,6 +135,11 @@ int arena_valid_block(const arena_t *a, uint64_t off);
 
 /* Size of the largest free block (0 if none).  O(length of the top non-empty list). */
 uint64_t arena_largest_free(const arena_t *a);
+
+/* Call fn(ctx, off, size) for every free block of at least `min_size` bytes (in no
+ * particular order) until it returns nonzero; returns that value, or 0. */
+typedef int (*arena_free_fn)(void *ctx, uint64_t off, uint64_t size);
+int arena_each_free(const arena_t *a, uint64_t min_size, arena_free_fn fn, void *ctx);
 
 /* Rebuild from scratch, given the allocated blocks in increasing offset order:
  *   arena_rebuild_begin(a);  arena_rebuild_add(a, off, size, owner) ...;  arena_rebuild_end(a);

@@ -18,4 +18,9 @@ cdef extern from "fault.h" nogil:
         FAULT_RECOVER
         FAULT_RELEASE_SLOT
         FAULT_REBUILD_BEGIN
+        FAULT_WARM_RESERVED
+        FAULT_WARM_COMMIT
+        FAULT_PURGE_CLEARED
+        FAULT_PURGE_PUNCHED
+        FAULT_CREATE_RESERVED
         FAULT_COUNT

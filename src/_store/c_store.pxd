@@ -9,6 +9,7 @@ cdef extern from "store.h" nogil:
         STORE_MAX_SLOTS
         STORE_STATE_CREATED
         STORE_STATE_SEALED
+        STORE_TRIM_ALL
 
     ctypedef struct store_t:
         pass
@@ -19,6 +20,9 @@ cdef extern from "store.h" nogil:
         uint32_t max_slots
         int prefault
         const char *name
+        uint64_t window_min
+        uint64_t window_max
+        uint32_t purge_delay_ms
 
     ctypedef struct store_obj_t:
         uint32_t entry
@@ -43,6 +47,8 @@ cdef extern from "store.h" nogil:
         uint64_t slots_in_use, max_slots, max_objects
         uint64_t reserved, prefaulted, recoveries
         uint64_t blocks, free_blocks, pins_here, segment_size
+        uint64_t committed, tables, window, window_target, high_water, purged
+        uint64_t purge_delay_ms, shm_bytes, trimmer_wakeups
 
     ctypedef struct store_slot_info_t:
         uint32_t slot
@@ -56,6 +62,7 @@ cdef extern from "store.h" nogil:
     int store_attach(const char *name, int prefault, store_t **out)
     int store_attach_fd(int fd, int prefault, store_t **out)
     int store_close(store_t *s)
+    int store_release_wait(int64_t timeout_ns)
     int store_unlink(store_t *s)
     int store_unlink_name(const char *name)
 
@@ -87,6 +94,9 @@ cdef extern from "store.h" nogil:
     int store_debug_hold_lock(store_t *s, uint32_t ms)
     int store_debug_recover(store_t *s)
     int store_prefault_wait(store_t *s, int64_t timeout_ns)
+    int store_trim(store_t *s, int flags, uint64_t *released)
+    int store_warm(store_t *s, uint64_t *added)
+    int store_debug_commit_lies(store_t *s, uint64_t *lies)
     int store_debug_build()
     int store_debug_crash_at(int point, int64_t countdown)
 

@@ -31,8 +31,7 @@ static void *copy_part(void *arg)
     return NULL;
 }
 
-/* CPUs this process may run on, read once (cpusets and taskset respected). */
-static int usable_cpus(void)
+int copy_cpus(void)
 {
     static _Atomic int cached = 0;
     int n = atomic_load_explicit(&cached, memory_order_relaxed);
@@ -48,7 +47,7 @@ static int usable_cpus(void)
 
 void store_copy(void *dst, const void *src, size_t n)
 {
-    int threads = usable_cpus();
+    int threads = copy_cpus();
     if (threads > COPY_MAX_THREADS)
         threads = COPY_MAX_THREADS;
     if ((size_t)threads > n / (COPY_PARALLEL_MIN / 2))

@@ -40,6 +40,9 @@
 #define COPY_ALIGN 64u
 #define COPY_SKEW_ROOM (COPY_PAGE - COPY_ALIGN)   /* the most store_copy_skew returns   */
 
+/* CPUs this process may run on (cpusets and taskset respected), read once. */
+int copy_cpus(void);
+
 /* memcpy(dst, src, n) for non-overlapping ranges, chunked and parallel as above. */
 void store_copy(void *dst, const void *src, size_t n);
 

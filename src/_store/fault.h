@@ -33,6 +33,13 @@ enum fault_point {
     FAULT_RECOVER = 14,           /* recovery: halfway through rebuilding the allocator       */
     FAULT_RELEASE_SLOT = 15,      /* release_slot: some pins of the slot dropped, not all     */
     FAULT_REBUILD_BEGIN = 16,     /* recovery: allocator counters cleared, free lists not yet */
+    FAULT_WARM_RESERVED = 17,     /* window growth: chunks reserved and mapped, bits not set
+                                   * (outside the lock)                                        */
+    FAULT_WARM_COMMIT = 18,       /* window growth: half of a run's bits set                   */
+    FAULT_PURGE_CLEARED = 19,     /* give-back: a run's bits cleared, its hole not yet punched */
+    FAULT_PURGE_PUNCHED = 20,     /* give-back: a run punched, the step not finished           */
+    FAULT_CREATE_RESERVED = 21,   /* create: the block's chunks reserved, bits not yet set
+                                   * (outside the lock)                                        */
     FAULT_COUNT
 };
 

@@ -1,4 +1,4 @@
-/* reserve.c -- fallocate-based reservation and the pre-fault thread (concept in reserve.h). */
+/* reserve.c -- reservation, holes, population, background threads (concept in reserve.h). */
 #include "reserve.h"
 
 #include <errno.h>
@@ -8,6 +8,7 @@
 #include <sys/mman.h>
 
 #include "status.h"
+#include "wait.h"
 
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23   /* Linux >= 5.14 */
@@ -48,67 +49,96 @@ int release_range(int fd, uint64_t off, uint64_t len)
     }
 }
 
-void reserve_advance(_Atomic uint64_t *upto, uint64_t from, uint64_t to)
-{
-    uint64_t cur = atomic_load(upto);
-    while (from <= cur && to > cur) {
-        if (atomic_compare_exchange_weak(upto, &cur, to))
-            break;
-    }
-}
-
 void reserve_populate(uint8_t *addr, uint64_t len)
 {
     madvise(addr, len, MADV_POPULATE_WRITE);
 }
 
-static void *prefault_main(void *arg)
-{
-    prefaulter_t *p = arg;
-    /* Only idle CPU: the pre-fault must never slow down the work it prepares for. */
-    struct sched_param sp;
-    memset(&sp, 0, sizeof sp);
-    pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp);
+typedef struct map_job {
+    uint8_t *addr;
+    uint64_t len;
+    _Atomic uint64_t next;
+    _Atomic int err;
+} map_job_t;
 
-    int populate = 1;
-    uint64_t off = 0;
-    while (off < p->size && !atomic_load_explicit(&p->stop, memory_order_relaxed)) {
-        uint64_t end = off + PREFAULT_CHUNK < p->size ? off + PREFAULT_CHUNK : p->size;
-        if (end > atomic_load(p->upto)) {
-            if (reserve_range(p->fd, p->file_off + off, end - off) != STORE_OK) {
-                atomic_store(&p->done, 2);   /* /dev/shm full: blocks reserve themselves */
-                return NULL;
-            }
-            reserve_advance(p->upto, off, end);
+static void *map_pieces(void *arg)
+{
+    map_job_t *j = arg;
+    for (;;) {
+        uint64_t off = atomic_fetch_add(&j->next, RESERVE_MAP_PIECE);
+        if (off >= j->len || atomic_load(&j->err))
+            return NULL;
+        uint64_t n = j->len - off < RESERVE_MAP_PIECE ? j->len - off : RESERVE_MAP_PIECE;
+        if (madvise(j->addr + off, n, MADV_POPULATE_WRITE) != 0) {
+            int e = errno;
+            int none = 0;
+            atomic_compare_exchange_strong(&j->err, &none, e ? e : EIO);
+            return NULL;
         }
-        if (populate && madvise(p->base + off, end - off, MADV_POPULATE_WRITE) != 0) {
-            if (errno == EINVAL)
-                populate = 0;   /* kernel older than 5.14: reservation alone still helps */
-        }
-        off = end;
-        atomic_store_explicit(&p->progress, off, memory_order_relaxed);
     }
-    atomic_store(&p->done, 1);
+}
+
+int reserve_map(uint8_t *addr, uint64_t len, int threads)
+{
+    map_job_t j = {.addr = addr, .len = len};
+    atomic_store(&j.next, 0);
+    atomic_store(&j.err, 0);
+    if (threads > 8)
+        threads = 8;
+    pthread_t tids[8];
+    int started[8] = {0};
+    for (int i = 1; i < threads; i++)
+        started[i] = pthread_create(&tids[i], NULL, map_pieces, &j) == 0;
+    map_pieces(&j);
+    for (int i = 1; i < threads; i++)
+        if (started[i])
+            pthread_join(tids[i], NULL);
+    return atomic_load(&j.err);
+}
+
+static void *bg_main(void *arg)
+{
+    bg_thread_t *t = arg;
+    if (t->idle_policy) {
+        struct sched_param sp;
+        memset(&sp, 0, sizeof sp);
+        pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp);
+    }
+    if (t->name)
+        pthread_setname_np(pthread_self(), t->name);
+    while (!atomic_load(&t->stop)) {
+        uint32_t seen = atomic_load(t->kick);
+        int64_t ns = t->step(t->ctx);
+        if (ns == 0)
+            continue;
+        if (ns < 0 || ns > BG_MAX_SLEEP_NS)
+            ns = BG_MAX_SLEEP_NS;
+        atomic_store(&t->sleeping, 1);
+        if (!atomic_load(&t->stop))
+            wait_sleep(t->kick, seen, ns);
+        atomic_store(&t->sleeping, 0);
+    }
     return NULL;
 }
 
-int prefault_start(prefaulter_t *p)
+int bg_start(bg_thread_t *t)
 {
-    atomic_store(&p->stop, 0);
-    atomic_store(&p->progress, 0);
-    atomic_store(&p->done, 0);
-    int r = pthread_create(&p->thread, NULL, prefault_main, p);
+    atomic_store(&t->stop, 0);
+    atomic_store(&t->sleeping, 0);
+    int r = pthread_create(&t->thread, NULL, bg_main, t);
     if (r != 0)
-        return store_fail_sys(r, "pthread_create (prefault)");
-    p->running = 1;
+        return store_fail_sys(r, "pthread_create (%s)", t->name ? t->name : "store thread");
+    t->running = 1;
     return STORE_OK;
 }
 
-void prefault_stop(prefaulter_t *p)
+void bg_stop(bg_thread_t *t)
 {
-    if (!p->running)
+    if (!t->running)
         return;
-    atomic_store(&p->stop, 1);
-    pthread_join(p->thread, NULL);
-    p->running = 0;
+    atomic_store(&t->stop, 1);
+    atomic_fetch_add(t->kick, 1);
+    wait_wake_all(t->kick);
+    pthread_join(t->thread, NULL);
+    t->running = 0;
 }

@@ -21,18 +21,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "arena.h"
 #include "fault.h"
-#include "reserve.h"
-#include "shm.h"
-#include "table.h"
+#include "store_impl.h"
 #include "wait.h"
-
-#define STORE_MAGIC 0x3154534e45475950ull   /* "PYGENST1" */
-#define STORE_VERSION 1u
 
 #ifdef PYGEN_DEBUG
 #define STORE_DEBUG 1
@@ -43,47 +38,6 @@
 #define STORE_DEBUG 0
 #endif
 
-typedef struct slot_rec {
-    uint32_t in_use;
-    uint32_t pid;
-    uint64_t start_time;   /* /proc/<pid>/stat field 22: tells a reused pid from ours */
-} slot_rec_t;
-
-/* The segment header (shared memory, at offset 0). */
-typedef struct store_hdr {
-    uint64_t magic;
-    uint32_t version;
-    _Atomic uint32_t ready;            /* set last by the creator                        */
-    uint64_t total_size;
-    uint64_t slots_off, entries_off, index_off, arena_off;
-    uint32_t max_slots;
-    uint32_t creator_pid;
-    uint64_t recoveries;
-    uint32_t slots_in_use;
-    uint32_t reserved0_;
-    _Atomic uint64_t reserved_upto;    /* arena bytes below are reserved (reserve.h)     */
-    table_ctl_t table;
-    _Alignas(64) _Atomic uint32_t seal_seq;   /* futex word: bumped by every seal        */
-    _Atomic uint32_t waiters;          /* processes in a wait: seal wakes only if > 0    */
-    _Alignas(64) pthread_mutex_t lock;
-    _Alignas(64) arena_ctl_t arena;
-} store_hdr_t;
-
-struct store {
-    shm_segment_t seg;
-    store_hdr_t *hdr;
-    slot_rec_t *slots;
-    arena_t arena;
-    table_t table;
-    uint32_t slot;
-    uint32_t pid;
-    int creator;
-    uint32_t *local_pins;       /* this handle's pin count per entry (private memory)   */
-    uint64_t local_pin_total;
-    prefaulter_t pf;
-};
-
-static inline uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) & ~(a - 1); }
 
 /* ---- processes ----------------------------------------------------------------- */
 
@@ -148,6 +102,9 @@ static int lock(store_t *s)
 
 static inline void unlock(store_t *s) { pthread_mutex_unlock(&s->hdr->lock); }
 
+int store_lock_(store_t *s) { return lock(s); }
+void store_unlock_(store_t *s) { unlock(s); }
+
 /* ---- pins and frees (lock held) ------------------------------------------------- */
 
 /* Does this handle still own its slot?  Not if someone released it, taking us for dead
@@ -160,7 +117,6 @@ static inline int own_slot(const store_t *s)
 
 #define SLOT_LOST_MSG "this process's slot %u was released (taken for dead): attach again"
 
-static inline table_entry_t *ent(store_t *s, uint32_t e) { return table_entry(&s->table, e); }
 
 static void pin_locked(store_t *s, uint32_t e)
 {
@@ -189,6 +145,7 @@ static int free_entry_locked(store_t *s, uint32_t e)
         table_index_remove(&s->table, e);
     FAULT_POINT(FAULT_DELETE_UNINDEXED);
     arena_free(&s->arena, en->block_off, s->arena.poison && (flags & ENTRY_RESERVED));
+    fp_note_free(s, en->block_off, en->block_size);
     FAULT_POINT(FAULT_DELETE_FREED);
     table_ctl_t *tc = &s->hdr->table;
     tc->live--;
@@ -344,8 +301,9 @@ static void recover_locked(store_t *s)
     }
     arena_rebuild_end(&s->arena);
 
-    /* 3. Index, free-entry list, counters. */
+    /* 3. Index, free-entry list, counters (the commit map's too: its bits never lie). */
     table_rebuild(&s->table, h->max_slots);
+    commit_recount(&s->commit);
 
     /* 4. Deletes that were waiting for a pin that is now gone. */
     for (uint32_t e = 0; e < tc->touched; e++) {
@@ -388,8 +346,10 @@ static int debug_verify(store_t *s, int rc)
 static int reserve_hook(void *ctx, uint64_t off, uint64_t len)
 {
     store_t *s = ctx;
-    if (off + len <= atomic_load_explicit(&s->hdr->reserved_upto, memory_order_acquire))
+    if (commit_covers(&s->commit, off, len))
         return STORE_OK;
+    /* Only the header's page: it stays reserved as long as a header lives there, since a
+     * punch never takes the page of a free block's header (commit.h). */
     uint64_t start = off & ~(RESERVE_PAGE - 1), end = align_up(off + len, RESERVE_PAGE);
     return reserve_range(s->seg.fd, s->hdr->arena_off + start, end - start);
 }
@@ -434,6 +394,7 @@ static int bind_views(store_t *s)
     s->arena.reserve = reserve_hook;
     s->arena.reserve_ctx = s;
     s->arena.poison = STORE_DEBUG;
+    commit_bind(&s->commit, &h->commit, s->seg.base + h->commit_off, h->arena.size, 0);
     s->pid = (uint32_t)getpid();
     return STORE_OK;
 }
@@ -448,24 +409,60 @@ static int alloc_local_pins(store_t *s)
     return STORE_OK;
 }
 
-static void start_prefault(store_t *s, int prefault)
-{
-    if (!prefault)
-        return;
-    s->pf.fd = s->seg.fd;
-    s->pf.file_off = s->hdr->arena_off;
-    s->pf.base = s->arena.base;
-    s->pf.size = s->hdr->arena.size;
-    s->pf.upto = &s->hdr->reserved_upto;
-    prefault_start(&s->pf);   /* failing to start only costs speed */
-}
-
 static void destroy(store_t *s)
 {
-    prefault_stop(&s->pf);
+    fp_stop_threads(s);
     shm_close(&s->seg);
     free(s->local_pins);
     free(s);
+}
+
+/* Unmapping a segment and closing the last descriptor of a file holding many pages is
+ * kernel work in proportion to the pages (here, with 2 GiB stored: munmap ~180 ms, the
+ * last close freeing the pages ~300 ms).  Above DETACH_RELEASE bytes held, store_close
+ * leaves that to a detached thread and returns: the memory goes back moments later.
+ * Below, a close costs ~50 ms at most and stays synchronous (a caller may count on its
+ * descriptor being gone). */
+#define DETACH_RELEASE (256ull << 20)
+
+static _Atomic int releases_running;
+
+static void *release_main(void *arg)
+{
+    destroy(arg);
+    atomic_fetch_sub(&releases_running, 1);
+    return NULL;
+}
+
+static void destroy_soon(store_t *s)
+{
+    fp_stop_threads(s);
+    struct stat st;
+    if (fstat(s->seg.fd, &st) == 0 && (uint64_t)st.st_blocks * 512u > DETACH_RELEASE) {
+        pthread_attr_t attr;
+        pthread_t t;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        atomic_fetch_add(&releases_running, 1);
+        int r = pthread_create(&t, &attr, release_main, s);
+        pthread_attr_destroy(&attr);
+        if (r == 0)
+            return;
+        atomic_fetch_sub(&releases_running, 1);
+    }
+    destroy(s);
+}
+
+int store_release_wait(int64_t timeout_ns)
+{
+    int64_t deadline = timeout_ns < 0 ? -1 : wait_now_ns() + timeout_ns;
+    while (atomic_load(&releases_running) > 0) {
+        if (deadline >= 0 && wait_now_ns() >= deadline)
+            return STORE_ERR_TIMEOUT;
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    return STORE_OK;
 }
 
 int store_create(const store_options_t *opt, store_t **out)
@@ -494,7 +491,8 @@ int store_create(const store_options_t *opt, store_t **out)
     uint64_t slots_off = align_up(sizeof(store_hdr_t), RESERVE_PAGE);
     uint64_t entries_off = align_up(slots_off + (uint64_t)max_slots * sizeof(slot_rec_t), 64);
     uint64_t index_off = align_up(entries_off + cap * stride, 64);
-    uint64_t arena_off = align_up(index_off + (uint64_t)table_index_size((uint32_t)cap) * 4, RESERVE_PAGE);
+    uint64_t commit_off = align_up(index_off + (uint64_t)table_index_size((uint32_t)cap) * 4, 64);
+    uint64_t arena_off = align_up(commit_off + commit_map_bytes(arena_size), RESERVE_PAGE);
     uint64_t total = arena_off + arena_size;
 
     shm_sweep_stale(SHM_DIR, NULL);
@@ -506,8 +504,10 @@ int store_create(const store_options_t *opt, store_t **out)
         free(s);
         return rc;
     }
-    /* Tables and the arena's first header page are written at once: reserve them now. */
-    rc = reserve_range(s->seg.fd, 0, arena_off + RESERVE_PAGE);
+    /* The tables and the arena's first chunk (its first header) are written at once:
+     * reserve them now.  The rest of the arena waits for use (footprint.c). */
+    uint64_t first = arena_size < COMMIT_CHUNK ? arena_size : COMMIT_CHUNK;
+    rc = reserve_range(s->seg.fd, 0, arena_off + first);
     if (rc != STORE_OK) {
         shm_unlink_path(s->seg.path);
         destroy(s);
@@ -520,10 +520,10 @@ int store_create(const store_options_t *opt, store_t **out)
     h->slots_off = slots_off;
     h->entries_off = entries_off;
     h->index_off = index_off;
+    h->commit_off = commit_off;
     h->arena_off = arena_off;
     h->max_slots = max_slots;
     h->creator_pid = (uint32_t)getpid();
-    atomic_store(&h->reserved_upto, RESERVE_PAGE);
 
     pthread_mutexattr_t ma;
     pthread_mutexattr_init(&ma);
@@ -536,9 +536,13 @@ int store_create(const store_options_t *opt, store_t **out)
         destroy(s);
         return store_fail_sys(r, "pthread_mutex_init");
     }
+    h->arena.size = arena_size;   /* bind_views sizes the commit map by it */
+    commit_bind(&s->commit, &h->commit, s->seg.base + commit_off, arena_size, 1);
     bind_views(s);
     table_init(&s->table, (uint32_t)cap, pin_words);
     arena_init(&s->arena, arena_size);
+    commit_set(&s->commit, 0, 1, commit_now_ms());
+    fp_format(s, opt);
     if ((rc = alloc_local_pins(s)) != STORE_OK) {
         shm_unlink_path(s->seg.path);
         destroy(s);
@@ -547,7 +551,8 @@ int store_create(const store_options_t *opt, store_t **out)
     s->creator = 1;
     claim_slot_locked(s);   /* nobody else can see the segment yet: no lock needed */
     atomic_store_explicit(&h->ready, 1, memory_order_release);
-    start_prefault(s, opt->prefault);
+    if (opt->prefault)
+        fp_start_threads(s);
     *out = s;
     return STORE_OK;
 }
@@ -563,7 +568,8 @@ static int attach_mapped(store_t *s, int prefault, store_t **out)
                         STORE_VERSION);
     else if (!atomic_load_explicit(&h->ready, memory_order_acquire))
         rc = store_fail(STORE_ERR_INVALID, "store %s is not initialised yet", s->seg.path);
-    else if (h->total_size != s->seg.size || h->arena_off + h->arena.size != h->total_size)
+    else if (h->total_size != s->seg.size || h->arena_off + h->arena.size != h->total_size ||
+             h->commit_off + commit_map_bytes(h->arena.size) > h->arena_off)
         rc = store_fail(STORE_ERR_INVALID, "store %s: size %llu does not match its header",
                         s->seg.path, (unsigned long long)s->seg.size);
     else if ((rc = bind_views(s)) == STORE_OK)
@@ -576,7 +582,7 @@ static int attach_mapped(store_t *s, int prefault, store_t **out)
         destroy(s);
         return rc;
     }
-    start_prefault(s, prefault);
+    (void)prefault;   /* only the creator runs threads; a process maps what it touches */
     *out = s;
     return STORE_OK;
 }
@@ -615,7 +621,7 @@ int store_close(store_t *s)
 {
     if (!s)
         return STORE_OK;
-    prefault_stop(&s->pf);
+    fp_stop_threads(s);
     int rc = lock(s);
     if (rc == STORE_OK) {
         /* Our slot may have been released for us (someone took us for dead) and reused. */
@@ -624,7 +630,7 @@ int store_close(store_t *s)
             release_slot_locked(s, s->slot);
         unlock(s);
     }
-    destroy(s);
+    destroy_soon(s);
     return rc;
 }
 
@@ -647,24 +653,6 @@ int store_is_creator(const store_t *s) { return s->creator; }
 uint32_t store_max_slots(const store_t *s) { return s->hdr->max_slots; }
 
 /* ---- objects -------------------------------------------------------------------- */
-
-/* A big block above this process's pre-fault progress is cold here: its pages are (or
- * will be) resident but not mapped in this process, so a copy into it would take one
- * minor fault per page (~1.5 GB/s here).  Filling its page tables first in one call runs
- * copy + populate at ~2.3 GB/s.  Warm blocks (below the progress) and small ones (a few
- * faults) skip it; so do handles without pre-fault (the caller opted out). */
-#define POPULATE_MIN (256u << 10)
-
-static void populate_cold(store_t *s, uint64_t off, uint64_t len)
-{
-    if (!s->pf.running || len < POPULATE_MIN)
-        return;
-    uint64_t done = atomic_load_explicit(&s->pf.progress, memory_order_relaxed);
-    if (off + len <= done)
-        return;
-    uint64_t start = (off > done ? off : done) & ~(RESERVE_PAGE - 1);
-    reserve_populate(s->arena.base + start, align_up(off + len, RESERVE_PAGE) - start);
-}
 
 static void fill_obj(store_t *s, uint32_t e, store_obj_t *out)
 {
@@ -702,7 +690,7 @@ int store_create_object(store_t *s, const uint8_t *id, uint64_t data_size, uint6
         return STORE_ERR_TABLE_FULL;
     }
     table_maybe_rehash(t);
-    uint64_t off, got;
+    uint64_t off, got, top = s->hdr->arena.top;
     rc = arena_alloc(&s->arena, bsize, &off, &got);
     if (rc != STORE_OK) {
         unlock(s);
@@ -710,7 +698,13 @@ int store_create_object(store_t *s, const uint8_t *id, uint64_t data_size, uint6
     }
     uint32_t e = table_pop_free(t);
     table_entry_t *en = ent(s, e);
-    int reserved = off + got <= atomic_load_explicit(&s->hdr->reserved_upto, memory_order_acquire);
+    /* Which of the block's chunks still need memory (reserved below, outside the lock),
+     * and did the block come off the wilderness (the warm window moves up then)? */
+    fp_need_t need;
+    fp_block_need(s, off, got, &need);
+    int reserved = need.nruns == 0 && !need.whole;
+    uint32_t now = commit_now_ms();
+    int wake_warmer = off == top && fp_note_growth(s, got, now);
     memcpy(en->id, id, TABLE_ID_SIZE);
     en->data_size = data_size;
     en->meta_size = meta_size;
@@ -731,18 +725,23 @@ int store_create_object(store_t *s, const uint8_t *id, uint64_t data_size, uint6
     fill_obj(s, e, out);
     rc = debug_verify(s, STORE_OK);
     unlock(s);
+    if (wake_warmer)
+        fp_wake_warmer(s);
     if (rc != STORE_OK)
         return rc;
 
     if (!reserved) {
-        /* The block reaches above the reserved prefix: reserve it before anyone writes
-         * it (outside the lock: fallocate of a big block takes a while). */
-        rc = reserve_range(s->seg.fd, s->hdr->arena_off + off, got);
+        /* Reserve the block's chunks before anyone writes it (outside the lock:
+         * fallocate of a big block takes a while).  While the block is allocated no
+         * punch can touch a chunk it overlaps, so the reservation holds. */
+        rc = fp_block_reserve(s, &need, off, got);
+        FAULT_POINT(FAULT_CREATE_RESERVED);
         int lrc = lock(s);
         if (lrc != STORE_OK)
             return lrc;
         if (rc == STORE_OK) {
-            reserve_advance(&s->hdr->reserved_upto, off, off + got);
+            if (atomic_load_explicit(&en->state, memory_order_relaxed) != ENTRY_FREE && en->block_off == off)
+                fp_block_commit(s, &need, commit_now_ms());
             en->flags |= ENTRY_RESERVED;
         } else {
             unpin_locked(s, e);
@@ -757,7 +756,6 @@ int store_create_object(store_t *s, const uint8_t *id, uint64_t data_size, uint6
         if (rc != STORE_OK)
             return rc;
     }
-    populate_cold(s, off, got);
     return STORE_OK;
 }
 
@@ -972,14 +970,12 @@ int store_stats(store_t *s, store_stats_t *out)
     out->slots_in_use = h->slots_in_use;
     out->max_slots = h->max_slots;
     out->max_objects = h->table.capacity;
-    uint64_t r = atomic_load(&h->reserved_upto);
-    out->reserved = r < h->arena.size ? r : h->arena.size;
-    out->prefaulted = atomic_load(&s->pf.progress);
     out->recoveries = h->recoveries;
     out->blocks = h->arena.alloc_blocks + h->arena.free_blocks;
     out->free_blocks = h->arena.free_blocks;
     out->pins_here = s->local_pin_total;
     out->segment_size = h->total_size;
+    fp_stats(s, out);
     unlock(s);
     return STORE_OK;
 }
@@ -1066,6 +1062,8 @@ static int check_locked(store_t *s, store_report_t *out)
     if (rc != STORE_OK)
         return rc;
     if ((rc = table_check(&s->table)) != STORE_OK)
+        return rc;
+    if ((rc = fp_check(s)) != STORE_OK)
         return rc;
     table_ctl_t *tc = &h->table;
     uint64_t used = 0, local_total = 0;
@@ -1165,19 +1163,5 @@ int store_debug_recover(store_t *s)
         return rc;
     recover_locked(s);
     unlock(s);
-    return STORE_OK;
-}
-
-int store_prefault_wait(store_t *s, int64_t timeout_ns)
-{
-    if (!s->pf.running)
-        return STORE_OK;
-    int64_t deadline = timeout_ns < 0 ? -1 : wait_now_ns() + timeout_ns;
-    while (!atomic_load(&s->pf.done)) {
-        if (deadline >= 0 && wait_now_ns() >= deadline)
-            return STORE_ERR_TIMEOUT;
-        struct timespec ts = {0, 1000000};
-        nanosleep(&ts, NULL);
-    }
     return STORE_OK;
 }

@@ -30,6 +30,16 @@
  * marks the mutex consistent.  A process killed at any instant therefore leaves a store
  * that the others go on using.
  *
+ * Memory follows use.  The capacity is a ceiling, not a commitment: the segment is a
+ * sparse file, and the arena's pages are reserved (commit.h) only as blocks are handed out,
+ * plus a *warm window* above the allocator's high-water mark that the creator's "warmer"
+ * thread keeps reserved and mapped (on idle CPU), sized by use: window_min when idle, up
+ * to twice the latest large allocation from the wilderness while busy, back to window_min
+ * after window_decay without growth.  Free memory that stayed idle for purge_delay_ms
+ * and lies outside the window is given back (holes punched, under the lock, a few MiB at
+ * a time) by the creator's "trimmer" thread.  Other processes run no thread and touch only
+ * what they read and write.
+ *
  * Contracts.  Every function returns 0 or a negative status (status.h); results go
  * through out-parameters.  A handle may be used by several threads of its process (the
  * lock serialises them).  A forked child must not use its parent's handle: it attaches
@@ -53,14 +63,23 @@
 #define STORE_MIN_DEFAULT_OBJECTS 4096u
 #define STORE_MIN_CAPACITY 4096ull
 
+/* Footprint policy defaults (docs/store.md, "Memory follows use", says how they were chosen). */
+#define STORE_WINDOW_MIN (32ull << 20)       /* warm window of an idle store                */
+#define STORE_WINDOW_MAX (1ull << 30)        /* largest warm window (and at most capacity/4) */
+#define STORE_PURGE_DELAY_MS 1000u           /* free memory idle this long is given back     */
+#define STORE_WINDOW_DECAY_MS 2000u          /* a window not grown this long shrinks to min  */
+
 typedef struct store store_t;
 
 typedef struct store_options {
     uint64_t capacity;     /* arena bytes (rounded up to a page)                       */
     uint32_t max_objects;  /* object-table entries; 0: max(4096, capacity / 16 KiB)    */
     uint32_t max_slots;    /* process slots; 0: 256; at most 4096                       */
-    int prefault;          /* start the background reserve + pre-fault thread           */
+    int prefault;          /* run the warmer and trimmer threads (see "Memory follows use") */
     const char *name;      /* NULL: /dev/shm/pygen-<pid>-<random>; see shm_create       */
+    uint64_t window_min;   /* 0: STORE_WINDOW_MIN (both bounded by capacity / 4)         */
+    uint64_t window_max;   /* 0: STORE_WINDOW_MAX                                        */
+    uint32_t purge_delay_ms;  /* 0: STORE_PURGE_DELAY_MS                                 */
 } store_options_t;
 
 /* An object's bytes as mapped in this process. */
@@ -88,12 +107,22 @@ typedef struct store_stats {
     uint64_t capacity, used, free, largest_free;
     uint64_t objects, sealed, pinned, delete_pending;
     uint64_t slots_in_use, max_slots, max_objects;
-    uint64_t reserved;         /* arena bytes known reserved (below reserved_upto)       */
-    uint64_t prefaulted;       /* arena bytes this process has pre-faulted               */
+    uint64_t reserved;         /* arena bytes in committed chunks                        */
+    uint64_t prefaulted;       /* arena bytes this process's warmer has reserved and mapped
+                                * (a running total)                                     */
     uint64_t recoveries;       /* times a dead lock owner's mess was rebuilt             */
     uint64_t blocks, free_blocks;
     uint64_t pins_here;        /* pins held by this handle (sum of its counts)            */
     uint64_t segment_size;     /* bytes of the whole segment (tables + arena)             */
+    uint64_t committed;        /* bytes the store has reserved: tables + committed chunks */
+    uint64_t tables;           /* bytes of the tables (header, slots, objects, index, map) */
+    uint64_t window;           /* committed bytes of the warm window above high_water     */
+    uint64_t window_target;    /* the window's size now                                  */
+    uint64_t high_water;       /* the allocator's high-water mark (arena offset)          */
+    uint64_t purged;           /* bytes given back to the system so far                  */
+    uint64_t purge_delay_ms;
+    uint64_t shm_bytes;        /* what the segment really holds (fstat: st_blocks x 512)  */
+    uint64_t trimmer_wakeups;  /* times a free woke the trimmer thread                   */
 } store_stats_t;
 
 typedef struct store_slot_info {
@@ -108,11 +137,18 @@ typedef struct store_report {
 
 /* ---- lifetime ------------------------------------------------------------------ */
 int store_create(const store_options_t *opt, store_t **out);
+/* `prefault` is accepted and ignored: only the creator runs threads, and a process maps
+ * only what it touches. */
 int store_attach(const char *name, int prefault, store_t **out);
 int store_attach_fd(int fd, int prefault, store_t **out);    /* takes ownership of fd */
 /* Release this handle's slot (its pins dropped, its unsealed objects aborted), stop the
- * pre-fault thread, unmap, close the fd, free the handle.  Always frees the handle. */
+ * threads, unmap, close the fd, free the handle.  Always frees the handle.  A segment
+ * holding more than 256 MiB is unmapped and closed by a detached thread (freeing its pages
+ * takes ~0.2 s per GB): store_release_wait waits for those. */
 int store_close(store_t *s);
+/* Wait until every close of this process handed to a detached thread is done.
+ * STORE_OK, or STORE_ERR_TIMEOUT after timeout_ns (< 0: forever). */
+int store_release_wait(int64_t timeout_ns);
 int store_unlink(store_t *s);                                /* idempotent */
 int store_unlink_name(const char *name);                     /* same, by name (after close) */
 
@@ -165,8 +201,22 @@ int store_check(store_t *s, store_report_t *out);
 int store_debug_hold_lock(store_t *s, uint32_t ms);
 /* Run the crash recovery now, as if the lock's owner had died. */
 int store_debug_recover(store_t *s);
-/* Wait until this process's pre-fault thread has finished (timeout_ns < 0: forever). */
+/* Wait until the warm window is reserved (or the warmer can reserve no more, /dev/shm
+ * being full); OK at once without a warmer.  TIMEOUT after timeout_ns (< 0: forever). */
 int store_prefault_wait(store_t *s, int64_t timeout_ns);
+
+/* ---- footprint ------------------------------------------------------------------- */
+/* Give back now the committed chunks of free memory that have been idle for the purge
+ * delay and lie outside the warm window -- or, with STORE_TRIM_ALL, every one of them
+ * (and the window shrinks to its minimum).  Out (may be NULL): bytes given back.  The
+ * trimmer thread does the same on its own, a few MiB per hold of the lock. */
+#define STORE_TRIM_ALL 1
+int store_trim(store_t *s, int flags, uint64_t *released);
+/* Reserve and map the warm window now, in this process.  Out (may be NULL): bytes added. */
+int store_warm(store_t *s, uint64_t *added);
+/* How many committed chunks were not really reserved (0 unless a bit lies).  Reserves
+ * them on the way; meaningful only while no other process is reserving (tests). */
+int store_debug_commit_lies(store_t *s, uint64_t *lies);
 /* 1 if built with PYGEN_DEBUG (poisoned frees, invariant checks after each operation). */
 int store_debug_build(void);
 /* Fault injection (fault.h): SIGKILL self the countdown-th time `point` is reached. */

@@ -57,6 +57,14 @@ int wait_change(_Atomic uint32_t *word, uint32_t seen, int64_t deadline_ns)
     return STORE_OK;
 }
 
+void wait_sleep(_Atomic uint32_t *word, uint32_t seen, int64_t timeout_ns)
+{
+    if (atomic_load_explicit(word, memory_order_acquire) != seen || timeout_ns <= 0)
+        return;
+    struct timespec ts = {.tv_sec = timeout_ns / 1000000000ll, .tv_nsec = timeout_ns % 1000000000ll};
+    syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT, seen, &ts, NULL, 0);
+}
+
 void wait_wake_all(_Atomic uint32_t *word)
 {
     syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);

@@ -31,6 +31,10 @@ int64_t wait_now_ns(void);
  * for; returns STORE_ERR_TIMEOUT only when the deadline has passed. */
 int wait_change(_Atomic uint32_t *word, uint32_t seen, int64_t deadline_ns);
 
+/* Sleep (no spin) until *word != seen, or `timeout_ns` passed, or spuriously.  For
+ * background threads, which have no hurry and must not burn a core. */
+void wait_sleep(_Atomic uint32_t *word, uint32_t seen, int64_t timeout_ns);
+
 /* Wake every process sleeping on `word`. */
 void wait_wake_all(_Atomic uint32_t *word);
 

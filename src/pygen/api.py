@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import atexit
+import math
 import numbers
 import os
 import threading
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 from . import context, ids, options
 from .generators import ObjectRefGenerator
@@ -62,13 +63,6 @@ def init(num_cpus: Optional[float] = None, object_store_memory: Optional[int] = 
     global _atexit_registered
     if _in_worker():
         return
-    # Defaults for a program that does not call init itself (auto-init), read once here.
-    if num_cpus is None and "PYGEN_NUM_CPUS" in os.environ:
-        num_cpus = float(os.environ["PYGEN_NUM_CPUS"])
-    if object_store_memory is None and "PYGEN_OBJECT_STORE_MEMORY" in os.environ:
-        object_store_memory = int(os.environ["PYGEN_OBJECT_STORE_MEMORY"])
-    if worker_memory_limit is None and "PYGEN_WORKER_MEMORY_LIMIT" in os.environ:
-        worker_memory_limit = int(os.environ["PYGEN_WORKER_MEMORY_LIMIT"])
     with _lock:
         client = context.current()
         if client is not None and not client.closed:
@@ -76,14 +70,18 @@ def init(num_cpus: Optional[float] = None, object_store_memory: Optional[int] = 
                 return
             raise RuntimeError("pygen.init() was already called; call pygen.shutdown() first, "
                                "or pass ignore_reinit_error=True")
-        if num_cpus is None:
-            num_cpus = float(os.cpu_count() or 1)
-        num_cpus = options.cpu_count("num_cpus", num_cpus)
-        size = _store_size(object_store_memory)
-        if worker_memory_limit is not None:
-            options.TASK_OPTIONS["memory"][1]("worker_memory_limit", worker_memory_limit)
-        if spill_dir is not None and not os.path.isdir(spill_dir):
-            raise ValueError(f"spill_dir {spill_dir!r} is not a directory")
+        # Every argument is checked before anything is made: a bad one leaves nothing.
+        # Left out, they default to the environment (read here, once), checked the same way.
+        cpus = _checked(num_cpus, "PYGEN_NUM_CPUS", float, _check_num_cpus)
+        size = _checked(object_store_memory, "PYGEN_OBJECT_STORE_MEMORY", int, _store_size)
+        worker_memory_limit = _checked(
+            worker_memory_limit, "PYGEN_WORKER_MEMORY_LIMIT", int,
+            lambda v: options.TASK_OPTIONS["memory"][1]("worker_memory_limit", v))
+        if spill_dir is not None:
+            if not isinstance(spill_dir, (str, os.PathLike)):
+                raise TypeError(f"spill_dir must be a path (str), got {type(spill_dir).__name__}")
+            if not os.path.isdir(spill_dir):
+                raise ValueError(f"spill_dir {spill_dir!r} is not a directory")
 
         from . import _store
         from .core.driver_client import DriverClient
@@ -93,18 +91,41 @@ def init(num_cpus: Optional[float] = None, object_store_memory: Optional[int] = 
         node = None
         try:
             store.unlink()  # from now on only descriptors keep the arena: nothing is left behind
-            node = Node(float(num_cpus), store, worker_memory_limit=worker_memory_limit,
+            node = Node(cpus, store, worker_memory_limit=worker_memory_limit,
                         spill_dir=spill_dir, log_to_driver=log_to_driver)
             node.start()
-        except BaseException:  # a failed init leaves nothing behind (SPEC §1)
+            context.set_current(DriverClient(node))
+        except BaseException:
+            # A failed init releases what it made: workers, threads, descriptors, arena.
             if node is not None:
                 node.shutdown()
             store.close()
             raise
-        context.set_current(DriverClient(node))
         if not _atexit_registered:
             atexit.register(shutdown)
             _atexit_registered = True
+
+
+def _checked(value: Any, env: str, kind: type, check: Callable[[Any], Any]) -> Any:
+    """``check(value)``; for a value left out (None), ``check`` of environment variable
+    ``env`` read as a ``kind`` (or of None when it is unset), its errors naming ``env``."""
+    raw = os.environ.get(env) if value is None else None
+    if raw is None:
+        return check(value)
+    try:
+        return check(kind(raw))
+    except (TypeError, ValueError) as e:
+        what = "an integer" if kind is int else "a number"
+        reason = str(e) if not str(e).startswith(("invalid literal", "could not convert")) \
+            else f"not {what}"
+        raise ValueError(f"environment variable {env}={raw!r}: {reason}") from None
+
+
+def _check_num_cpus(num_cpus: Any) -> float:
+    """``num_cpus`` as a float: a finite number >= 0 (0: no task runs; put/get work)."""
+    if num_cpus is None:
+        return float(os.cpu_count() or 1)
+    return options.cpu_count("num_cpus", num_cpus)
 
 
 def _store_size(requested: Optional[int]) -> int:
@@ -112,6 +133,7 @@ def _store_size(requested: Optional[int]) -> int:
     if requested is None:
         return _default_store_size()
     if isinstance(requested, bool) or not isinstance(requested, numbers.Integral):
+        # floats too, NaN and infinity among them: a size in bytes is a whole number
         raise TypeError(f"object_store_memory must be an int (bytes), "
                         f"got {type(requested).__name__}")
     if requested < MIN_OBJECT_STORE_MEMORY:

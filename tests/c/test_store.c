@@ -1,6 +1,7 @@
 /* test_store.c -- the store API on a real /dev/shm segment: lifecycle, every status
  * code, pins and delayed deletes, slots, recovery equal to the pre-crash state, the
- * stale-segment sweep, fds, pre-fault, and a cross-process wait. */
+ * stale-segment sweep, fds, and a cross-process wait.  (Taking and giving back memory:
+ * test_footprint.c.) */
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -397,39 +398,6 @@ static void test_stale_sweep(void)
     drop_store(s);
 }
 
-static void test_prefault(void)
-{
-    store_options_t o = {.capacity = 64 << 20, .prefault = 1};
-    store_t *s = NULL;
-    CHECK_EQ(store_create(&o, &s), STORE_OK);
-    CHECK_EQ(store_prefault_wait(s, 10ll * 1000000000ll), STORE_OK);
-    store_stats_t st;
-    CHECK_EQ(store_stats(s, &st), STORE_OK);
-    CHECK_EQ(st.reserved, 64 << 20);
-    CHECK_EQ(st.prefaulted, 64 << 20);
-    struct stat fs;
-    CHECK_EQ(fstat(store_fd(s), &fs), 0);
-    CHECK((uint64_t)fs.st_blocks * 512 >= (uint64_t)(64 << 20));   /* really allocated */
-    /* without pre-fault, a big block reserves itself on create */
-    store_options_t o2 = {.capacity = 32 << 20, .prefault = 0};
-    store_t *t = NULL;
-    CHECK_EQ(store_create(&o2, &t), STORE_OK);
-    uint8_t id[STORE_ID_SIZE];
-    make_id(id, 1);
-    store_obj_t w;
-    CHECK_EQ(store_create_object(t, id, 20 << 20, 0, &w), STORE_OK);
-    CHECK_EQ(fstat(store_fd(t), &fs), 0);
-    CHECK((uint64_t)fs.st_blocks * 512 >= (uint64_t)(20 << 20));
-    memset(w.data, 1, 20 << 20);
-    CHECK_EQ(store_stats(t, &st), STORE_OK);
-    CHECK(st.reserved >= (20u << 20));
-    CHECK_EQ(store_release(t, w.entry, id), STORE_OK);
-    CHECK_EQ(store_check(t, NULL), STORE_OK);
-    drop_store(t);
-    drop_store(s);
-}
-
-/* A child seals; the parent, waiting, wakes up.  Also a wait that times out. */
 static void test_wait_cross_process(void)
 {
     store_t *s = new_store(1 << 20, 0, 0);
@@ -527,7 +495,6 @@ int main(void)
     RUN(test_slots);
     RUN(test_recovery_equals_precrash);
     RUN(test_stale_sweep);
-    RUN(test_prefault);
     RUN(test_wait_cross_process);
     CHECK_MAIN_END();
 }

@@ -84,7 +84,8 @@ def alloc_loop(name, seed, ready, tag):
 
 
 def crash_workload(name, point, countdown, seed, parent_ids):
-    """Arm a crash point, then exercise every operation until the point kills us."""
+    """Arm a crash point, then exercise every operation (memory given back and taken
+    again included) until the point kills us."""
     if point == _store.CRASH_POINTS["recover"]:
         _store._debug_crash_at(point, countdown)   # attach itself runs the recovery
     s = _store.Store.attach(name, prefault=False)
@@ -94,6 +95,10 @@ def crash_workload(name, point, countdown, seed, parent_ids):
     rng = random.Random(seed)
     tag = b"C%03d" % (os.getpid() % 1000)
     for i in range(100_000):
+        if i % 16 == 0:
+            s.trim(all=True)   # punches free chunks: later creates reserve them again
+        elif i % 16 == 8:
+            s.warm()           # reserves the window above the high-water mark
         k = _oid(i, tag)
         w = s.create_object(k, rng.randrange(64, 30_000), 8)
         w.data[:4] = b"abcd"

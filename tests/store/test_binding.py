@@ -295,15 +295,6 @@ def test_context_manager_and_name(make_store, tmp_path):
     assert s.closed
 
 
-def test_prefault_reserves_the_arena(make_store):
-    s = make_store(16 * MiB, prefault=True)
-    assert s.prefault_wait(timeout=20)
-    st = s.stats()
-    assert st["reserved"] == st["capacity"] == 16 * MiB
-    assert st["prefaulted"] == 16 * MiB
-    assert os.stat(s.name).st_blocks * 512 >= 16 * MiB
-
-
 def test_slots_and_release_slot_in_process(make_store):
     s = make_store(max_slots=4)
     a = _store.Store.attach(s.name, prefault=False)
