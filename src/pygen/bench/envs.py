@@ -144,7 +144,8 @@ class RayEnv(Env):
 
     def __init__(self) -> None:
         self.state: Optional[str] = None
-        self._before: List[int] = []
+        self._others: List[int] = []   # processes of ours that are not Ray's (a forkserver)
+        self._ray: List[int] = []      # Ray's processes at its last shutdown
 
     def unavailable(self) -> Optional[str]:
         return ray_unavailable()
@@ -164,21 +165,21 @@ class RayEnv(Env):
 
     def cold_start(self) -> None:
         import ray
-        self._before = descendants()
+        self._others = descendants()
         ray.init(**RAY_INIT_KWARGS)
         self.state = "cold"
 
     def shutdown(self) -> None:
         """``ray.shutdown()`` alone (what the shutdown benchmark times)."""
         import ray
-        self._before = descendants()
+        self._ray = [p for p in descendants() if p not in self._others]
         ray.shutdown()
         self.state = None
 
     def settle(self) -> None:
         """Wait (untimed) until the processes Ray had started are gone."""
-        left = wait_gone(self._before, timeout=15.0)
-        self._before = []
+        left = wait_gone(self._ray, timeout=15.0)
+        self._ray = []
         if left:
             import warnings
             warnings.warn(f"Ray processes still alive 15 s after ray.shutdown(): {left}")

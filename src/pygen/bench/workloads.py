@@ -124,7 +124,8 @@ def _both(make: Callable[[Any, Size], Trial]) -> Tuple[Side, Side]:
 # == starting and stopping ======================================================================
 def _init_first_result(env: Any, size: Size) -> Trial:
     """A fresh ``init`` (pygen: its defaults; Ray: 2 CPUs, no dashboard), one trivial task,
-    its result.  The runtime is shut down (untimed) before each round."""
+    its result.  The runtime is shut down (untimed) before each round; the last round's
+    stays up for the shutdown benchmark that follows."""
     f = env.api.remote(tasks.noop)
     env.stop()
 
@@ -136,17 +137,18 @@ def _init_first_result(env: Any, size: Size) -> Trial:
         env.cold_start()
         assert env.api.get(f.remote(1)) == 1
 
-    return Trial(run, taken, setup=setup, close=env.stop)
+    return Trial(run, taken, setup=setup)
 
 
 def _shutdown(env: Any, size: Size) -> Trial:
-    """``shutdown()`` of a runtime that has run one task (started untimed before each round)."""
+    """``shutdown()`` of a runtime that has run one task (started untimed before each round,
+    unless the init benchmark left one up)."""
     f = env.api.remote(tasks.noop)
-    env.stop()
 
     def setup() -> None:
-        env.settle()
-        env.cold_start()
+        if env.state is None:
+            env.settle()
+            env.cold_start()
         assert env.api.get(f.remote(1)) == 1
 
     return Trial(env.shutdown, taken, setup=setup, close=env.stop)
