@@ -5,11 +5,22 @@ import atexit
 import numbers
 import os
 import threading
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import (TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator, List, Optional,
+                    Sequence, Tuple, TypeVar, Union, overload)
 
 from . import context, ids, options
+from ._typing import P, T, Y
 from .generators import ObjectRefGenerator
 from .object_ref import ObjectRef
+
+if TYPE_CHECKING:
+    from typing import Coroutine
+
+    from ._typing import RemoteDecorator
+    from .remote_function import RemoteFunction
+
+# what pygen.wait takes and gives back: refs and streaming generators, as given
+W = TypeVar("W", bound=Union[ObjectRef[Any], ObjectRefGenerator[Any]])
 
 __all__ = ["init", "shutdown", "is_initialized", "remote", "put", "get", "wait", "cancel"]
 
@@ -131,8 +142,44 @@ def is_initialized() -> bool:
     return client is not None and not client.closed
 
 
+@overload
+def remote(fn: Callable[P, Iterator[Y]], /  # type: ignore[overload-overlap]
+           ) -> RemoteFunction[P, ObjectRefGenerator[Y]]: ...
+
+
+@overload
+def remote(fn: Callable[P, AsyncIterator[Y]], /  # type: ignore[overload-overlap]
+           ) -> RemoteFunction[P, ObjectRefGenerator[Y]]: ...
+
+
+@overload
+def remote(fn: Callable[P, Coroutine[Any, Any, T]], /) -> RemoteFunction[P, ObjectRef[T]]: ...
+
+
+@overload
+def remote(fn: Callable[P, T], /) -> RemoteFunction[P, ObjectRef[T]]: ...
+
+
+@overload
+def remote(*, num_returns: Union[int, str], **task_options: Any
+           ) -> Callable[[Callable[P, Any]], RemoteFunction[P, Any]]: ...
+
+
+@overload
+def remote(**task_options: Any) -> RemoteDecorator: ...
+
+
 def remote(*args: Any, **kwargs: Any) -> Any:
-    """``@remote`` or ``@remote(**options)`` on a function (a task) or a class (an actor)."""
+    """``@remote`` or ``@remote(**options)`` on a function (a task) or a class (an actor).
+
+    Options (SPEC §2): ``num_returns`` (an int >= 0, ``"dynamic"`` or ``"streaming"``),
+    ``max_retries`` (default 3), ``retry_exceptions`` (False, True or a list of exception
+    classes), ``num_cpus`` (default 1), ``memory`` (bytes of private memory the worker may
+    use while the task runs), ``generator_backpressure`` (items a streaming generator may
+    have unconsumed before it pauses), ``name``.  A wrong option raises ``ValueError`` or
+    ``TypeError`` here, naming it.  A type checker keeps the function's parameters for
+    ``.remote(...)``.
+    """
     from .remote_function import RemoteFunction
 
     def make(target: Any, opts: dict) -> Any:
@@ -152,8 +199,9 @@ def remote(*args: Any, **kwargs: Any) -> Any:
     return lambda target: make(target, kwargs)
 
 
-def put(value: Any) -> ObjectRef:
-    """Store ``value`` and return a ref to it."""
+def put(value: T) -> ObjectRef[T]:
+    """Store ``value`` in the object store and return a ref to it (``get`` of a numpy array
+    put this way is a zero-copy, read-only view)."""
     if isinstance(value, ObjectRef):
         raise TypeError("pygen.put() of an ObjectRef is not allowed: pass the ref itself, "
                         "or put a container that holds it (e.g. [ref])")
@@ -170,8 +218,22 @@ def _check_timeout(timeout: Optional[float]) -> None:
         raise ValueError(f"timeout must be >= 0, got {timeout}")
 
 
-def get(refs: Union[ObjectRef, Sequence[ObjectRef]], *, timeout: Optional[float] = None) -> Any:
-    """The value of a ref, or the values of a list of refs; raises a task's error."""
+@overload
+def get(refs: ObjectRef[T], *, timeout: Optional[float] = None) -> T: ...
+
+
+@overload
+def get(refs: Sequence[ObjectRef[T]], *, timeout: Optional[float] = None) -> List[T]: ...
+
+
+def get(refs: Union[ObjectRef[Any], Sequence[ObjectRef[Any]]], *,
+        timeout: Optional[float] = None) -> Any:
+    """The value of a ref, or the values of a list of refs, waiting for them as needed.
+
+    Raises the task's error (a ``TaskError`` that is also an instance of the original
+    exception's class), ``GetTimeoutError`` after ``timeout`` seconds, ``TypeError`` for
+    anything that is not a ref (an ``ObjectRefGenerator`` is iterated, not passed to get).
+    """
     _check_timeout(timeout)
     if isinstance(refs, ObjectRef):
         return refs._live_client().get([refs.binary()], timeout)[0]
@@ -194,9 +256,8 @@ def get(refs: Union[ObjectRef, Sequence[ObjectRef]], *, timeout: Optional[float]
     return client.get([r.binary() for r in refs], timeout)
 
 
-def wait(refs: Sequence[Union[ObjectRef, ObjectRefGenerator]], *, num_returns: int = 1,
-         timeout: Optional[float] = None, fetch_local: bool = True
-         ) -> Tuple[List[Any], List[Any]]:
+def wait(refs: Sequence[W], *, num_returns: int = 1, timeout: Optional[float] = None,
+         fetch_local: bool = True) -> Tuple[List[W], List[W]]:
     """(ready, not_ready), both in input order; a generator is ready when ``next`` would not block.
 
     ``ready`` holds at most ``num_returns`` entries.  ``fetch_local`` is accepted for
@@ -225,7 +286,8 @@ def wait(refs: Sequence[Union[ObjectRef, ObjectRefGenerator]], *, num_returns: i
         raise ValueError("pygen.wait() got the same ref more than once")
     client = context.ensure()
     flags = client.wait(keys, num_returns, timeout)
-    ready, not_ready = [], []
+    ready: List[W] = []
+    not_ready: List[W] = []
     for ref, ok in zip(refs, flags):
         if ok and len(ready) < num_returns:
             ready.append(ref)
@@ -234,7 +296,7 @@ def wait(refs: Sequence[Union[ObjectRef, ObjectRefGenerator]], *, num_returns: i
     return ready, not_ready
 
 
-def cancel(ref: Union[ObjectRef, ObjectRefGenerator], *, force: bool = False,
+def cancel(ref: Union[ObjectRef[Any], ObjectRefGenerator[Any]], *, force: bool = False,
            recursive: bool = True) -> None:
     """Cancel the task behind ``ref``: see SPEC §2 (queued: never runs; running:
     ``TaskCancelledError`` raised inside it; ``force``: its worker is killed)."""

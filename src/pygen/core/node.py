@@ -21,10 +21,10 @@ Task lifecycle:  WAITING (for arguments) -> QUEUED -> RUNNING -> DONE
 from __future__ import annotations
 
 import collections
+import logging
 import math
 import os
 import signal
-import sys
 import threading
 import time
 from typing import Any, Callable, Deque, Dict, List, Optional, Set
@@ -873,7 +873,6 @@ def _error_text(payload: tuple) -> str:
 
 
 def _warn(message: str) -> None:
-    try:
-        print(f"pygen: {message}", file=sys.stderr, flush=True)
-    except (ValueError, OSError):
-        pass
+    """A notice for the user, through the "pygen" logger (shown on stderr while the
+    program configures no logging)."""
+    logging.getLogger("pygen").warning("%s", message)

@@ -7,10 +7,10 @@ its pins are released by store slot.
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
-import traceback
 
 from ..exceptions import OutOfMemoryError, WorkerCrashedError
 from . import output, protocol, workers
@@ -301,4 +301,5 @@ def _mib(nbytes: int) -> str:
 
 
 def _internal_error(what: str) -> None:
-    print(f"pygen internal error {what}:\n{traceback.format_exc()}", file=sys.__stderr__)
+    """A bug in pygen, with the traceback being handled, through the "pygen" logger."""
+    logging.getLogger("pygen").error("pygen internal error %s", what, exc_info=True)
