@@ -138,6 +138,7 @@ def shutdown() -> None:
 
 
 def is_initialized() -> bool:
+    """True between ``init`` (or the first call that starts pygen) and ``shutdown``."""
     client = context.current()
     return client is not None and not client.closed
 

@@ -151,6 +151,7 @@ class TaskError(PygenError):
     @classmethod
     def from_exception(cls, function_name: str, exc: BaseException,
                        pid: Optional[int] = None) -> "TaskError":
+        """The TaskError of ``exc`` raised by task ``function_name``, with its traceback."""
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         return cls(function_name, tb, exc, pid)
 
