@@ -32,7 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace, argv: Optional[List[str]] = None) -> int:
     if args.compare:
-        a, b = (report.load(p) for p in args.compare)
+        try:
+            a, b = (report.load(p) for p in args.compare)
+        except (OSError, ValueError) as exc:   # a missing file, not JSON, not a bench run
+            sys.stderr.write(f"pygen bench --compare: {exc}\n")
+            return 2
         sys.stdout.write(report.compare(a, b, os.path.basename(args.compare[0]),
                                         os.path.basename(args.compare[1])))
         return 0
@@ -43,7 +47,11 @@ def main(args: argparse.Namespace, argv: Optional[List[str]] = None) -> int:
         return 0
     if args.no_ray:
         os.environ["BENCH_NO_RAY"] = "1"
-    cases = plan(quick=args.quick, only=args.only or None)
+    try:
+        cases = plan(quick=args.quick, only=args.only or None)
+    except KeyError as exc:
+        sys.stderr.write(f"pygen bench --only: {exc.args[0]}\n")
+        return 2
     os.makedirs(args.out, exist_ok=True)
     started = datetime.datetime.now().astimezone()
     paths = report.output_paths(args.out, started, args.quick)

@@ -89,7 +89,10 @@ def _ratios(higher_is_better: bool, results: Dict[str, Dict[str, Any]]) -> Dict[
 def load(path: str) -> Dict[str, Any]:
     """A run written by ``pygen bench`` (checks it is one)."""
     with open(path) as f:
-        data = json.load(f)
+        try:
+            data = json.load(f)
+        except ValueError as exc:
+            raise ValueError(f"{path} is not a pygen bench result (not JSON: {exc})") from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise ValueError(f"{path} is not a pygen bench result (no \"schema\": \"{SCHEMA}\")")
     return data

@@ -117,8 +117,9 @@ def gb_per_second(nbytes: int) -> Callable[[float], float]:
 def _both(make: Callable[[Any, Size], Trial]) -> Tuple[Side, Side]:
     """The pygen side and the Ray side of a workload written once against the Ray-style
     API (``api.remote``, ``api.get``, ``api.put``): the same code, the same size."""
-    return (Side(PYGEN, "pygen", lambda env, size: make(env.api, size)),
-            Side(RAY, "ray", lambda env, size: make(env.api, size), slow=True))
+    def on(env: Any, size: Size) -> Trial:
+        return make(env.api, size)
+    return Side(PYGEN, "pygen", on), Side(RAY, "ray", on, slow=True)
 
 
 # == starting and stopping ======================================================================
