@@ -16,18 +16,13 @@ import datetime
 import os
 import sys
 import time
-from typing import List, Tuple
-
 import pytest
 
+from _suite import MEASURED, QUICK
 from pygen.bench import report
 from pygen.bench.measure import machine
-from pygen.bench.runner import Envs, Measurement
-from pygen.bench.workloads import Case, plan
+from pygen.bench.runner import Envs
 
-QUICK = bool(os.environ.get("BENCH_QUICK"))
-CASES = plan(quick=QUICK)
-MEASURED: List[Tuple[Case, Measurement]] = []
 _RUN = {}
 
 

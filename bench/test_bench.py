@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import CASES, MEASURED
+from _suite import CASES, MEASURED
 from pygen.bench.runner import run_case, timed_rounds
 
 pytestmark = pytest.mark.timeout(900)
