@@ -172,8 +172,9 @@ class RayEnv(Env):
     def shutdown(self) -> None:
         """``ray.shutdown()`` alone (what the shutdown benchmark times)."""
         import ray
-        self._ray = [p for p in descendants() if p not in self._others]
-        ray.shutdown()
+        if ray.is_initialized():
+            self._ray = [p for p in descendants() if p not in self._others]
+            ray.shutdown()
         self.state = None
 
     def settle(self) -> None:

@@ -308,7 +308,6 @@ def _large_items_mp(env: Any, size: Size) -> Trial:
         _consume_big(env.stream(tasks.big_items, size.n, size.nbytes), lambda a: a, size,
                      zero_copy=False)
 
-    consume()
     return Trial(consume, gb_per_second(size.n * size.nbytes))
 
 
@@ -586,7 +585,7 @@ WORKLOADS: List[Workload] = [
     Workload("large_items", "{n} x {mb} MB items, zero-copy consumer", "GB/s", True,
              Size(n=20, rounds=8, slow_rounds=6, nbytes=50 * MB),
              Size(n=5, rounds=3, slow_rounds=2, nbytes=50 * MB),
-             _both(_large_items) + (Side(MP, "multiprocessing", _large_items_mp),
+             _both(_large_items) + (Side(MP, "multiprocessing", _large_items_mp, slow=True),
                                     Side(NUMPY_COPY, "plain", _numpy_copy_same)),
              goal=">= 0.8x np.copyto",
              note="numpy copy: np.copyto of one item into a warm array"),
