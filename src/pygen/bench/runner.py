@@ -6,6 +6,7 @@ the same trial, built the same way, the same figure from the median round.
 """
 from __future__ import annotations
 
+import shutil
 import statistics
 import sys
 import time
@@ -113,6 +114,7 @@ class Progress:
         self.total = total
         self.index = 0
         self.t0 = time.monotonic()
+        self.last_write = 0.0
         self.label = ""
 
     def start(self, case: Case) -> None:
@@ -124,9 +126,12 @@ class Progress:
             self.stream.flush()
 
     def round(self, done: int, total: int) -> None:
-        if self.tty:
-            elapsed = time.monotonic() - self.t0
-            self.stream.write(f"\r\033[K{self.label}  round {done}/{total}  ({elapsed:.0f} s)")
+        now = time.monotonic()
+        if self.tty and (done in (0, total) or now - self.last_write >= 0.1):
+            self.last_write = now
+            line = f"{self.label}  round {done}/{total}  ({now - self.t0:.0f} s)"
+            width = shutil.get_terminal_size().columns - 1   # one line: \r must reach its start
+            self.stream.write(f"\r\033[K{line[:width]}")
             self.stream.flush()
 
     def result(self, m: Measurement, text: str) -> None:

@@ -311,18 +311,16 @@ def _large_items_mp(env: Any, size: Size) -> Trial:
     return Trial(consume, gb_per_second(size.n * size.nbytes))
 
 
-def _numpy_copy(size: Size) -> Callable[[Any, Size], Trial]:
+def _numpy_copy(env: Any, size: Size) -> Trial:
     """``np.copyto`` of one array of the size of the workload's items into a warm array:
     the copy the store does at each put or yield, without the store."""
-    def make(env: Any, size: Size = size) -> Trial:
-        import numpy as np
-        src = np.full(size.nbytes, 7, dtype=np.uint8)
-        dst = np.empty_like(src)
-        dst[:] = 1  # faulted in: copyto measures the copy alone
-        for _ in range(3):
-            np.copyto(dst, src)
-        return Trial(lambda: np.copyto(dst, src), gb_per_second(size.nbytes))
-    return make
+    import numpy as np
+    src = np.full(size.nbytes, 7, dtype=np.uint8)
+    dst = np.empty_like(src)
+    dst[:] = 1  # faulted in: copyto measures the copy alone
+    for _ in range(3):
+        np.copyto(dst, src)
+    return Trial(lambda: np.copyto(dst, src), gb_per_second(size.nbytes))
 
 
 # == memory: the seed's pattern (a list of large arrays vs a generator of them) =================
@@ -502,7 +500,7 @@ def _store_workloads() -> List[Workload]:
             f"store_put_{mb}MB", "store put {mb} MB (serialize + write + delete)", "GB/s", True,
             Size(n=1, rounds=rounds, slow_rounds=rounds, nbytes=mb * MB),
             Size(n=1, rounds=max(5, rounds // 4), slow_rounds=5, nbytes=mb * MB),
-            (Side(PYGEN, "store", _store_put), Side(NUMPY_COPY, "plain", _numpy_copy_same)),
+            (Side(PYGEN, "store", _store_put), Side(NUMPY_COPY, "plain", _numpy_copy)),
             goal=">= 0.8x np.copyto"))
     for label, nbytes in (("1 KB", 1_000), ("1 MB", MB), ("1 GB", 1000 * MB)):
         out.append(Workload(
@@ -522,10 +520,6 @@ def _store_workloads() -> List[Workload]:
         Size(n=1, rounds=500, slow_rounds=500, warmup=20),
         (Side(PYGEN, "store", _store_cycle),)))
     return out
-
-
-def _numpy_copy_same(env: Any, size: Size) -> Trial:
-    return _numpy_copy(size)(env, size)
 
 
 WORKLOADS: List[Workload] = [
@@ -586,13 +580,13 @@ WORKLOADS: List[Workload] = [
              Size(n=20, rounds=8, slow_rounds=6, nbytes=50 * MB),
              Size(n=5, rounds=3, slow_rounds=2, nbytes=50 * MB),
              _both(_large_items) + (Side(MP, "multiprocessing", _large_items_mp, slow=True),
-                                    Side(NUMPY_COPY, "plain", _numpy_copy_same)),
+                                    Side(NUMPY_COPY, "plain", _numpy_copy)),
              goal=">= 0.8x np.copyto",
              note="numpy copy: np.copyto of one item into a warm array"),
     Workload("api_put", "put of a {mb} MB array, then the ref dropped", "GB/s", True,
              Size(n=1, rounds=20, slow_rounds=10, warmup=2, nbytes=100 * MB),
              Size(n=1, rounds=5, slow_rounds=3, nbytes=100 * MB),
-             _both(_api_put) + (Side(NUMPY_COPY, "plain", _numpy_copy_same),)),
+             _both(_api_put) + (Side(NUMPY_COPY, "plain", _numpy_copy),)),
 ] + _store_workloads()
 
 
