@@ -17,10 +17,9 @@ import time
 
 import psutil
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from _ray_baseline import PYGEN_NUM_CPUS, warm_pygen  # noqa: E402
-from _workloads import noop  # noqa: E402
+from pygen.bench.envs import NUM_CPUS as PYGEN_NUM_CPUS
+from pygen.bench.envs import warm_pygen
+from pygen.bench.tasks import noop
 
 
 def main() -> None:

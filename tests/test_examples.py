@@ -195,6 +195,25 @@ def check_store_demo(run: Run) -> None:
     assert re.search(r"^\[parent pid=\d+\] got 100 MB .*zero-copy", run.stdout, re.M)
 
 
+def check_pipeline(run: Run) -> None:
+    lines = run.lines()
+    assert re.match(r"^128 MiB of float32 samples on disk, chunks of 4 MiB", lines[0]), lines
+    for name in ("numpy, one process", "pygen pipeline"):
+        assert any(re.match(rf"^{name} +[\d,]+ MiB/s .*peak private memory [\d,]+ MiB", line)
+                   for line in lines), (name, lines)
+    # the store held a few chunks at a time (backpressure), not the whole array
+    m = re.search(r"object store peak ([\d,]+) MiB", run.stdout)
+    assert m and int(m.group(1).replace(",", "")) < 128, run.stdout
+    assert any(line.startswith("joblib") for line in lines), lines
+    assert lines[-1].startswith("results agree: True"), lines
+
+
+def check_typed_usage(run: Run) -> None:
+    assert run.lines() == ["doubled: [0.0, 2.0, 4.0, 6.0]", "chunk sums: [0.0, 1000.0, 2000.0]",
+                           "async sums: [0, 2, 4] pending: 0",
+                           "the task's error reached the caller: ValueError bad input"], run.stdout
+
+
 CHECKS = {
     "actor_generators.py": check_actor_generators,
     "dynamic_generators.py": check_dynamic_generators,
@@ -203,6 +222,8 @@ CHECKS = {
     "streaming_intro.py": check_streaming_intro,
     "pattern_generators.py": check_pattern_generators,
     "store_demo.py": check_store_demo,
+    "pipeline.py": check_pipeline,
+    "typed_usage.py": check_typed_usage,
 }
 
 

@@ -1911,8 +1911,8 @@ def test_task_raising_memory_error():
         pygen.get(raises_memory.remote(), timeout=T)
 
 
-# ---- the error recorded on a task (list_tasks()["error"]) and the stderr line for "raised
-# after all num_returns=k values" carry the exception's message.
+# ---- the error recorded on a task (list_tasks()["error"]) and the "pygen" logger's warning
+# for "raised after all num_returns=k values" carry the exception's message.
 
 def test_recorded_error_names_the_exception_message():
     from test_generators_static import task_entry

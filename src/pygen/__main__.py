@@ -1,7 +1,10 @@
-"""``python -m pygen demo``: the scenarios of Ray's generator docs, run on pygen, with timings.
+"""The ``pygen`` command (also ``python -m pygen``).
 
-    python -m pygen demo [--scale N]     # N large arrays of 100 MB in the memory pattern
-    python -m pygen info                 # version, machine, /dev/shm
+    pygen --version
+    pygen demo [--scale N]     # the scenarios of Ray's generator docs, run on pygen, timed
+    pygen info                 # version, machine, /dev/shm, optional libraries
+    pygen bench [--quick]      # the benchmark workloads, side by side with Ray and references
+    pygen bench --compare A.json B.json
 """
 from __future__ import annotations
 
@@ -233,22 +236,40 @@ def run_demo(scale: int) -> None:
     _say(f"demo finished in {time.perf_counter() - t0:.1f} s")
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pygen")
+def info_lines() -> "list[str]":
+    """What ``pygen info`` prints: versions, the machine, /dev/shm, the optional extras."""
+    from .bench.measure import describe_machine, machine
+    m = machine()
+    opt = ", ".join(f"{name} {m[name] or 'not installed'}" for name in ("ray", "joblib", "matplotlib"))
+    return [f"pygen {pygen.__version__}, numpy {m['numpy']}",
+            f"machine: {describe_machine(m)}",
+            f"/dev/shm: {m['dev_shm_free_gib']} GiB free (the object store's ceiling)",
+            f"load average: {', '.join(f'{x:.2f}' for x in os.getloadavg())}",
+            f"optional: {opt}"]
+
+
+def main(argv: "list[str] | None" = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="pygen", description="pygen: remote functions and remote generators on one machine")
+    parser.add_argument("--version", action="version", version=f"pygen {pygen.__version__}")
     sub = parser.add_subparsers(dest="command")
     demo = sub.add_parser("demo", help="run the demo of the generator scenarios")
     demo.add_argument("--scale", type=int, default=20,
                       help="number of 100 MB arrays in the memory pattern (default 20)")
     sub.add_parser("info", help="print version and machine facts")
+    bench = sub.add_parser("bench", help="run the benchmarks: pygen beside Ray and references")
+    from .bench import cli as bench_cli
+    bench_cli.add_arguments(bench)
     args = parser.parse_args(argv)
     if args.command == "demo":
         run_demo(args.scale)
         return 0
     if args.command == "info":
-        st = os.statvfs("/dev/shm")
-        _say(f"pygen {pygen.__version__}, Python {sys.version.split()[0]}, "
-              f"{os.cpu_count()} CPUs, /dev/shm free {st.f_bavail * st.f_frsize / 2**30:.1f} GiB")
+        for line in info_lines():
+            _say(line)
         return 0
+    if args.command == "bench":
+        return bench_cli.main(args, argv)
     parser.print_help()
     return 2
 

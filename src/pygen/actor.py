@@ -178,6 +178,7 @@ class ActorHandle:
 
     @property
     def actor_id(self) -> bytes:
+        """The actor's id (12 bytes; ``.hex()`` is what ``pygen.state.list_actors`` shows)."""
         return self._actor_id
 
     def __eq__(self, other: Any) -> bool:
@@ -218,6 +219,8 @@ class ActorMethod:
                         f"cannot be called directly: use handle.{self._name}.remote(...)")
 
     def options(self, **method_options: Any) -> "ActorMethod":
+        """A copy with some options changed: ``num_returns``, ``generator_backpressure``,
+        ``name`` (validated now, naming a wrong option)."""
         checked = options.validate(options.METHOD_OPTIONS, method_options,
                                    f"actor method {self._name}")
         merged = dict(self._options)
@@ -235,6 +238,9 @@ class ActorMethod:
         return self._cached
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the method in the actor's process: what a task's ``.remote()`` returns (a
+        ref, a list of refs, None, or an ``ObjectRefGenerator`` for a generator method).
+        Calls from one caller run in the order they were made."""
         handle = self._handle
         client = handle._client()
         name, kind, num_returns, backpressure = self._submission()

@@ -6,11 +6,22 @@ import math
 import numbers
 import os
 import threading
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import (TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator, List, Optional,
+                    Sequence, Tuple, TypeVar, Union, overload)
 
 from . import context, ids, options
+from ._typing import P, T, Y
 from .generators import ObjectRefGenerator
 from .object_ref import ObjectRef
+
+if TYPE_CHECKING:
+    from typing import Coroutine
+
+    from ._typing import RemoteDecorator
+    from .remote_function import RemoteFunction
+
+# what pygen.wait takes and gives back: refs and streaming generators, as given
+W = TypeVar("W", bound=Union[ObjectRef[Any], ObjectRefGenerator[Any]])
 
 __all__ = ["init", "shutdown", "is_initialized", "remote", "put", "get", "wait", "cancel",
            "get_actor", "kill", "method"]
@@ -168,12 +179,49 @@ def shutdown() -> None:
 
 
 def is_initialized() -> bool:
+    """True between ``init`` (or the first call that starts pygen) and ``shutdown``."""
     client = context.current()
     return client is not None and not client.closed
 
 
+@overload
+def remote(fn: Callable[P, Iterator[Y]], /  # type: ignore[overload-overlap]
+           ) -> RemoteFunction[P, ObjectRefGenerator[Y]]: ...
+
+
+@overload
+def remote(fn: Callable[P, AsyncIterator[Y]], /  # type: ignore[overload-overlap]
+           ) -> RemoteFunction[P, ObjectRefGenerator[Y]]: ...
+
+
+@overload
+def remote(fn: Callable[P, Coroutine[Any, Any, T]], /) -> RemoteFunction[P, ObjectRef[T]]: ...
+
+
+@overload
+def remote(fn: Callable[P, T], /) -> RemoteFunction[P, ObjectRef[T]]: ...
+
+
+@overload
+def remote(*, num_returns: Union[int, str], **task_options: Any
+           ) -> Callable[[Callable[P, Any]], RemoteFunction[P, Any]]: ...
+
+
+@overload
+def remote(**task_options: Any) -> RemoteDecorator: ...
+
+
 def remote(*args: Any, **kwargs: Any) -> Any:
-    """``@remote`` or ``@remote(**options)`` on a function (a task) or a class (an actor)."""
+    """``@remote`` or ``@remote(**options)`` on a function (a task) or a class (an actor).
+
+    Options (SPEC §2): ``num_returns`` (an int >= 0, ``"dynamic"`` or ``"streaming"``),
+    ``max_retries`` (default 3), ``retry_exceptions`` (False, True or a list of exception
+    classes), ``num_cpus`` (default 1), ``memory`` (bytes of private memory the worker may
+    use while the task runs), ``generator_backpressure`` (items a streaming generator may
+    have unconsumed before it pauses), ``name``.  A wrong option raises ``ValueError`` or
+    ``TypeError`` here, naming it.  A type checker keeps the function's parameters for
+    ``.remote(...)``.
+    """
     from .actor import ActorClass
     from .remote_function import RemoteFunction
 
@@ -235,8 +283,9 @@ def kill(actor: Any, *, no_restart: bool = True) -> None:
     actor._client().kill_actor(actor._actor_id, bool(no_restart))
 
 
-def put(value: Any) -> ObjectRef:
-    """Store ``value`` and return a ref to it."""
+def put(value: T) -> ObjectRef[T]:
+    """Store ``value`` in the object store and return a ref to it (``get`` of a numpy array
+    put this way is a zero-copy, read-only view)."""
     if isinstance(value, ObjectRef):
         raise TypeError("pygen.put() of an ObjectRef is not allowed: pass the ref itself, "
                         "or put a container that holds it (e.g. [ref])")
@@ -244,8 +293,22 @@ def put(value: Any) -> ObjectRef:
     return ObjectRef._registered_with(client.put(value), client)
 
 
-def get(refs: Union[ObjectRef, Sequence[ObjectRef]], *, timeout: Optional[float] = None) -> Any:
-    """The value of a ref, or the values of a list of refs; raises a task's error."""
+@overload
+def get(refs: ObjectRef[T], *, timeout: Optional[float] = None) -> T: ...
+
+
+@overload
+def get(refs: Sequence[ObjectRef[T]], *, timeout: Optional[float] = None) -> List[T]: ...
+
+
+def get(refs: Union[ObjectRef[Any], Sequence[ObjectRef[Any]]], *,
+        timeout: Optional[float] = None) -> Any:
+    """The value of a ref, or the values of a list of refs, waiting for them as needed.
+
+    Raises the task's error (a ``TaskError`` that is also an instance of the original
+    exception's class), ``GetTimeoutError`` after ``timeout`` seconds, ``TypeError`` for
+    anything that is not a ref (an ``ObjectRefGenerator`` is iterated, not passed to get).
+    """
     timeout = options.timeout_seconds(timeout)
     if isinstance(refs, ObjectRef):
         return refs._live_client().get([refs.binary()], timeout)[0]
@@ -268,9 +331,8 @@ def get(refs: Union[ObjectRef, Sequence[ObjectRef]], *, timeout: Optional[float]
     return client.get([r.binary() for r in refs], timeout)
 
 
-def wait(refs: Sequence[Union[ObjectRef, ObjectRefGenerator]], *, num_returns: int = 1,
-         timeout: Optional[float] = None, fetch_local: bool = True
-         ) -> Tuple[List[Any], List[Any]]:
+def wait(refs: Sequence[W], *, num_returns: int = 1, timeout: Optional[float] = None,
+         fetch_local: bool = True) -> Tuple[List[W], List[W]]:
     """(ready, not_ready), both in input order; a generator is ready when ``next`` would not block.
 
     ``ready`` holds at most ``num_returns`` entries.  ``fetch_local`` is accepted for
@@ -299,7 +361,8 @@ def wait(refs: Sequence[Union[ObjectRef, ObjectRefGenerator]], *, num_returns: i
         raise ValueError("pygen.wait() got the same ref more than once")
     client = context.ensure()
     flags = client.wait(keys, num_returns, timeout)
-    ready, not_ready = [], []
+    ready: List[W] = []
+    not_ready: List[W] = []
     for ref, ok in zip(refs, flags):
         if ok and len(ready) < num_returns:
             ready.append(ref)
@@ -308,7 +371,7 @@ def wait(refs: Sequence[Union[ObjectRef, ObjectRefGenerator]], *, num_returns: i
     return ready, not_ready
 
 
-def cancel(ref: Union[ObjectRef, ObjectRefGenerator], *, force: bool = False,
+def cancel(ref: Union[ObjectRef[Any], ObjectRefGenerator[Any]], *, force: bool = False,
            recursive: bool = True) -> None:
     """Cancel the task behind ``ref``: see SPEC §2 (queued: never runs; running:
     ``TaskCancelledError`` raised inside it; ``force``: its worker is killed)."""

@@ -165,6 +165,8 @@ class TaskError(PygenError):
     @classmethod
     def from_exception(cls, function_name: str, exc: BaseException,
                        pid: Optional[int] = None) -> "TaskError":
+        """The TaskError of ``exc`` raised by task ``function_name``, with its traceback
+        (from the first frame of user code on)."""
         frames = _from_user_code(exc.__traceback__)
         tb = "".join(traceback.format_exception(type(exc), exc, frames))
         return cls(function_name, tb, exc, pid)

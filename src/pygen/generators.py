@@ -12,51 +12,58 @@ of item refs of a finished task.
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, List, Optional
+from typing import Any, Callable, Generic, Iterator, List, Optional, Tuple
 
 from . import context, ids, options, serialization
+from ._typing import Y_co
 from .exceptions import GetTimeoutError
 from .object_ref import ObjectRef, _rebuild
 
 __all__ = ["ObjectRefGenerator", "DynamicObjectRefGenerator"]
 
 
-class ObjectRefGenerator:
-    """An iterator over the item refs of a streaming generator task, as they are yielded."""
+class ObjectRefGenerator(Generic[Y_co]):
+    """An iterator over the item refs of a streaming generator task, as they are yielded.
+
+    What ``.remote()`` returns for a generator function (``num_returns="streaming"``, the
+    default): ``next(gen)`` blocks until the next item exists and returns its ``ObjectRef``;
+    ``for``, ``async for`` and ``pygen.wait`` work on it.  ``ObjectRefGenerator[Y]`` for a
+    type checker: its items are refs to ``Y``, the type the generator yields.
+    """
 
     __slots__ = ("_task_id", "_handle", "__weakref__")
 
     def __init__(self, task_id: bytes, *, _registered: bool = False) -> None:
         self._task_id = task_id
         # a counted handle on the stream: while any exists, the stream keeps its items
-        self._handle = ObjectRef(ids.stream_id(task_id), _registered=_registered)
+        self._handle: ObjectRef[Any] = ObjectRef(ids.stream_id(task_id), _registered=_registered)
 
     def _client(self) -> context.Client:
         return self._handle._live_client()
 
     # -- synchronous iteration -----------------------------------------------------------------
-    def __iter__(self) -> "ObjectRefGenerator":
+    def __iter__(self) -> "ObjectRefGenerator[Y_co]":
         return self
 
-    def __next__(self) -> ObjectRef:
+    def __next__(self) -> "ObjectRef[Y_co]":
         return self._next(None)
 
-    def _next(self, timeout: Optional[float]) -> ObjectRef:
+    def _next(self, timeout: Optional[float]) -> "ObjectRef[Y_co]":
         client = self._client()
         oid = client.stream_next(self._task_id, timeout)
         if oid is None:
             raise StopIteration
         return ObjectRef._registered_with(oid, client)
 
-    def next_ready(self, timeout: Optional[float] = None) -> ObjectRef:
+    def next_ready(self, timeout: Optional[float] = None) -> "ObjectRef[Y_co]":
         """``next`` with a timeout: ``GetTimeoutError`` if no item comes in time."""
         return self._next(options.timeout_seconds(timeout))
 
     # -- asynchronous iteration ---------------------------------------------------------------
-    def __aiter__(self) -> "ObjectRefGenerator":
+    def __aiter__(self) -> "ObjectRefGenerator[Y_co]":
         return self
 
-    async def __anext__(self) -> ObjectRef:
+    async def __anext__(self) -> "ObjectRef[Y_co]":
         import asyncio  # only async users pay for it (workers start faster without it)
 
         client = self._client()
@@ -79,7 +86,7 @@ class ObjectRefGenerator:
             return ObjectRef._registered_with(oid, client)
 
     # -- the task ----------------------------------------------------------------------------------
-    def completed(self) -> ObjectRef:
+    def completed(self) -> "ObjectRef[Any]":
         """A ref that is ready when the task ends: its ``return`` value, or its error."""
         return ObjectRef(ids.completion_id(self._task_id))
 
@@ -88,6 +95,7 @@ class ObjectRefGenerator:
         self._client().stream_close(self._task_id)
 
     def task_id(self) -> bytes:
+        """The id of the generator's task."""
         return self._task_id
 
     def _stream_key(self) -> bytes:
@@ -96,14 +104,14 @@ class ObjectRefGenerator:
     def __repr__(self) -> str:
         return f"ObjectRefGenerator({self._task_id.hex()})"
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Callable[[bytes], "ObjectRefGenerator[Any]"], Tuple[bytes]]:
         collector = serialization.current_ref_collector()
         if collector is not None:  # whatever holds this pickled handle keeps the stream
             collector.append(ids.stream_id(self._task_id))
         return (_rebuild_generator, (self._task_id,))
 
 
-def _rebuild_generator(task_id: bytes) -> ObjectRefGenerator:
+def _rebuild_generator(task_id: bytes) -> "ObjectRefGenerator[Any]":
     return ObjectRefGenerator(task_id)
 
 
@@ -113,12 +121,13 @@ def _resolve(fut: Any) -> None:
 
 
 class DynamicObjectRefGenerator:
-    """The value of a ``num_returns="dynamic"`` task: its item refs, iterable many times."""
+    """The value of a ``num_returns="dynamic"`` task: its item refs, iterable many times,
+    with ``len()``; picklable, so it (or the ref to it) can be passed to other tasks."""
 
     def __init__(self, refs: List[Any]) -> None:
         self._refs = list(refs)
 
-    def __iter__(self) -> Iterator[ObjectRef]:
+    def __iter__(self) -> "Iterator[ObjectRef[Any]]":
         return iter(self._refs)
 
     def __len__(self) -> int:
@@ -127,7 +136,7 @@ class DynamicObjectRefGenerator:
     def __repr__(self) -> str:
         return f"DynamicObjectRefGenerator({len(self._refs)} refs)"
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[type, Tuple[List[Any]]]:
         return (DynamicObjectRefGenerator, (self._refs,))
 
     @classmethod

@@ -12,9 +12,10 @@ the receiving process.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Generator, Generic, Optional, Tuple
 
 from . import context, serialization
+from ._typing import T_co
 
 if TYPE_CHECKING:
     import concurrent.futures
@@ -22,8 +23,13 @@ if TYPE_CHECKING:
 __all__ = ["ObjectRef"]
 
 
-class ObjectRef:
-    """A reference to an object that exists now or will once its task finishes."""
+class ObjectRef(Generic[T_co]):
+    """A reference to an object that exists now or will once its task finishes.
+
+    ``pygen.get(ref)`` gives its value (``ObjectRef[T]`` for a type checker: a ref to a
+    ``T``).  Refs are hashable, ordered, picklable (a pickled ref keeps its object alive
+    wherever it goes) and awaitable (``await ref``).
+    """
 
     __slots__ = ("_id", "_client", "__weakref__")
 
@@ -38,7 +44,7 @@ class ObjectRef:
             client.add_ref(object_id, _registered)
 
     @classmethod
-    def _registered_with(cls, object_id: bytes, client: context.Client) -> "ObjectRef":
+    def _registered_with(cls, object_id: bytes, client: context.Client) -> "ObjectRef[Any]":
         """A ref the node already counts for ``client``'s process (a task's return, a
         stream item just taken): ``__init__`` without its checks, on the hot paths."""
         ref = cls.__new__(cls)
@@ -58,12 +64,15 @@ class ObjectRef:
 
     # identity --------------------------------------------------------------------
     def binary(self) -> bytes:
+        """The object's id, 20 bytes."""
         return self._id
 
     def hex(self) -> str:
+        """The object's id in hex (what ``pygen.state.list_objects()`` shows as ``id``)."""
         return self._id.hex()
 
     def task_id(self) -> bytes:
+        """The id of the task that makes this object (of the put, for ``pygen.put``)."""
         return self._id[:12]
 
     def __hash__(self) -> int:
@@ -75,34 +84,35 @@ class ObjectRef:
     def __ne__(self, other: Any) -> bool:
         return not self.__eq__(other)
 
-    def __lt__(self, other: "ObjectRef") -> bool:
+    def __lt__(self, other: "ObjectRef[Any]") -> bool:
         return self._id < other._id
 
     def __repr__(self) -> str:
         return f"ObjectRef({self._id.hex()})"
 
     # pickling: the enclosing value now contains this ref --------------------------
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Callable[[bytes], "ObjectRef[Any]"], Tuple[bytes]]:
         collector = serialization.current_ref_collector()
         if collector is not None:
             collector.append(self._id)
         return (_rebuild, (self._id,))
 
-    def __copy__(self) -> "ObjectRef":
+    def __copy__(self) -> "ObjectRef[T_co]":
         return ObjectRef(self._id)
 
-    def __deepcopy__(self, memo: Any) -> "ObjectRef":
+    def __deepcopy__(self, memo: Any) -> "ObjectRef[T_co]":
         return ObjectRef(self._id)
 
     # futures -----------------------------------------------------------------------
-    def future(self) -> "concurrent.futures.Future":
+    def future(self) -> "concurrent.futures.Future[T_co]":
         """A ``concurrent.futures.Future`` that resolves to the value (or its error)."""
         import concurrent.futures  # not at import time: workers start faster without it
 
-        fut: concurrent.futures.Future = concurrent.futures.Future()
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
         client = self._live_client()
         oid = self._id
-        keep = self  # the future keeps the ref (hence the object) alive until it resolves
+        # the future keeps the ref (hence the object) alive until it resolves
+        keep: Optional[ObjectRef[Any]] = self
 
         def resolve() -> None:
             nonlocal keep
@@ -116,7 +126,7 @@ class ObjectRef:
         client.on_ready(oid, resolve)
         return fut
 
-    def __await__(self):
+    def __await__(self) -> Generator[Any, None, T_co]:
         import asyncio
 
         return asyncio.wrap_future(self.future()).__await__()
@@ -130,5 +140,5 @@ class ObjectRef:
         return client
 
 
-def _rebuild(object_id: bytes) -> ObjectRef:
+def _rebuild(object_id: bytes) -> ObjectRef[Any]:
     return ObjectRef(object_id)

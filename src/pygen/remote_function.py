@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, Generic, List, Optional, Tuple, Union, overload
 
 
 from . import context, ids, options, serialization
+from ._typing import P, R
 from .callables import is_generator_function
 from .core import protocol
 from .generators import ObjectRefGenerator
@@ -32,8 +33,13 @@ class _PickledFunction:
         return self.fn_id, self.blob
 
 
-class RemoteFunction:
-    """A function that runs as a task in a worker process when called with ``.remote()``."""
+class RemoteFunction(Generic[P, R]):
+    """A function that runs as a task in a worker process when called with ``.remote()``.
+
+    Made by ``@pygen.remote``.  ``RemoteFunction[P, R]`` for a type checker: ``.remote()``
+    takes the function's own parameters ``P`` and returns ``R``, an ``ObjectRef`` of what
+    the function returns, or an ``ObjectRefGenerator`` of what a generator function yields.
+    """
 
     def __init__(self, fn: Any, task_options: Dict[str, Any],
                  _pickled: Optional[_PickledFunction] = None) -> None:
@@ -55,8 +61,17 @@ class RemoteFunction:
         raise TypeError(f"remote function {self._name} cannot be called directly: "
                         f"use {self._name}.remote(...) to run it as a task")
 
-    def options(self, **task_options: Any) -> "RemoteFunction":
-        """A copy with some options changed (validated now, not at ``.remote()``)."""
+    @overload
+    def options(self, *, num_returns: Union[int, str], **task_options: Any
+                ) -> "RemoteFunction[P, Any]": ...
+
+    @overload
+    def options(self, **task_options: Any) -> "RemoteFunction[P, R]": ...
+
+    def options(self, **task_options: Any) -> "RemoteFunction[P, Any]":
+        """A copy with some options changed (validated now, not at ``.remote()``): the
+        options of ``@pygen.remote``.  With ``num_returns``, what ``.remote()`` returns
+        changes (a list of refs, a generator), and the type checker sees ``Any``."""
         checked = options.validate(options.TASK_OPTIONS, task_options, f"task {self._name}")
         merged = {k: v for k, v in self._options.items()}
         merged.update(checked)
@@ -80,8 +95,11 @@ class RemoteFunction:
                             opts["generator_backpressure"] or 0)
         return self._cached
 
-    def remote(self, *args: Any, **kwargs: Any) -> Union[ObjectRef, List[ObjectRef], None,
-                                                          ObjectRefGenerator]:
+    def remote(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Submit a task running the function with these arguments: an ``ObjectRef`` to its
+        result (a list of refs for ``num_returns=k``, None for 0), or an
+        ``ObjectRefGenerator`` for a streaming generator.  It returns at once; the task runs
+        in a worker."""
         client = context.ensure()
         (fn_id, blob, name, kind, num_returns, max_retries, retry, num_cpus, memory,
          backpressure) = self._submission(client)
@@ -96,5 +114,5 @@ class RemoteFunction:
     def __repr__(self) -> str:
         return f"RemoteFunction({self._name})"
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[type, Tuple[Any, Dict[str, Any]]]:
         return (RemoteFunction, (self._function, self._options))

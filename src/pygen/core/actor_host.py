@@ -14,10 +14,9 @@ twin of that loop: the same decisions at each yield.
 """
 from __future__ import annotations
 
-import sys
+import logging
 import threading
 import time
-import traceback
 import types
 from typing import TYPE_CHECKING, Any, Dict, Optional
 
@@ -249,7 +248,8 @@ class AsyncHost:
 
 
 def _internal_error(what: str) -> None:
-    print(f"pygen internal error {what}:\n{traceback.format_exc()}", file=sys.__stderr__)
+    """A bug in pygen, with the traceback being handled, through the "pygen" logger."""
+    logging.getLogger("pygen").error("pygen internal error %s", what, exc_info=True)
 
 
 __all__ = ["start_actor", "SyncHost", "ThreadedHost", "AsyncHost", "Optional"]

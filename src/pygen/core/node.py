@@ -27,6 +27,7 @@ shutdown) makes every output ready, so no caller and no stream consumer waits fo
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 import time
 from typing import Any, Callable, Deque, Dict, List, Optional
@@ -783,10 +784,8 @@ def _error_text(payload: tuple) -> str:
 
 
 def _internal_error(what: str) -> None:
-    import sys
-    import traceback
-
-    print(f"pygen internal error {what}:\n{traceback.format_exc()}", file=sys.__stderr__)
+    """A bug in pygen, with the traceback being handled, through the "pygen" logger."""
+    logging.getLogger("pygen").error("pygen internal error %s", what, exc_info=True)
 
 
 __all__ = ["Node", "RUNNING"]
