@@ -140,3 +140,51 @@ def touch(path: str, text: str = "") -> None:
 def wait_file(path: str, timeout: float = 20.0) -> bool:
     """Wait for ``path`` to exist (a signal between a test and its tasks)."""
     return wait_until(lambda: os.path.exists(path), timeout, 0.002)
+
+
+# -- a Ray cluster on this machine (tests/test_backends.py, examples on both runtimes) ------
+
+def ray_available() -> bool:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class RayCluster:
+    """Ray's test-support cluster: a head with 2 CPUs and a second node with 1 CPU and the
+    custom resource ``node2``, so that a test can prove where a task or an actor ran."""
+
+    def __init__(self) -> None:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        # the nodes' workers import the tests' modules (functions are pickled by name)
+        here = os.path.dirname(os.path.abspath(__file__))
+        paths = [here] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+        from ray.cluster_utils import Cluster
+
+        store = 200 * MiB  # each node's own store: a guest's share of the machine
+        self.cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 2, "object_store_memory": store, "include_dashboard": False})
+        self.node2 = self.cluster.add_node(num_cpus=1, resources={"node2": 1},
+                                           object_store_memory=store)
+        self.address = self.cluster.address
+        self.node2_id = self.node2.node_id
+
+    def shutdown(self) -> None:
+        self.cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A two-node Ray cluster for the whole session (skips when Ray is not installed)."""
+    if not ray_available():
+        pytest.skip("Ray is not installed: pip install '.[test]' brings it (the [ray] extra)")
+    if pygen.is_initialized():
+        pygen.shutdown()
+    cluster = RayCluster()
+    yield cluster
+    if pygen.is_initialized():
+        pygen.shutdown()
+    cluster.shutdown()

@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import inspect
 import pickle
-from typing import Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 from . import context, ids, options
 from .core import protocol
 from .object_ref import ObjectRef
+from .callables import is_generator_function
 from .remote_function import _KINDS, _PickledFunction
-from .task_spec import TaskSpec, encode_args
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
 
 __all__ = ["ActorClass", "ActorHandle", "ActorMethod", "method"]
 
@@ -54,11 +57,21 @@ def _methods_of(cls: type) -> Dict[str, Dict[str, Any]]:
         if not callable(fn) or isinstance(fn, type):
             continue
         opts = dict(getattr(fn, _METHOD_OPTIONS_ATTR, {}))
+        generator = is_generator_function(fn)
+        opts["_generator"] = generator  # not an option: what the method is
         if opts.get("num_returns") is None:
-            generator = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
             opts["num_returns"] = "streaming" if generator else 1
+        _check_kind(f"{cls.__name__}.{name}", opts["num_returns"], generator)
         found[name] = opts
     return found
+
+
+def _check_kind(name: str, num_returns: Any, generator: bool) -> None:
+    """``"streaming"``/``"dynamic"`` need a generator method (SPEC §6)."""
+    if isinstance(num_returns, str) and not generator:
+        raise TypeError(f"num_returns={num_returns!r} needs a generator method, but {name} is "
+                        f"a plain method: its result is one value. Make it a generator "
+                        f"(with yield), or use an int num_returns")
 
 
 def _is_async(cls: type) -> bool:
@@ -66,7 +79,7 @@ def _is_async(cls: type) -> bool:
                for _, fn in inspect.getmembers(cls, inspect.isfunction))
 
 
-class _Descriptor:
+class Descriptor:
     """What a handle needs to know of its actor's class (shared by all its handles)."""
 
     __slots__ = ("class_name", "methods", "max_task_retries", "blob")
@@ -79,7 +92,7 @@ class _Descriptor:
         self.blob = pickle.dumps((class_name, methods, max_task_retries))
 
     @classmethod
-    def from_blob(cls, blob: bytes) -> "_Descriptor":
+    def from_blob(cls, blob: bytes) -> "Descriptor":
         return cls(*pickle.loads(blob))
 
 
@@ -119,27 +132,12 @@ class ActorClass:
             return protocol.MODEL_THREADED, limit
         return protocol.MODEL_SYNC, 1
 
+    def _descriptor(self) -> "Descriptor":
+        return Descriptor(self._name, self._methods, self._options["max_task_retries"])
+
     def remote(self, *args: Any, **kwargs: Any) -> "ActorHandle":
         """Start the actor (its ``__init__`` runs in its own process) and return a handle."""
-        client = context.ensure()
-        opts = self._options
-        fn_id, blob = self._pickled.get()
-        client.register_function(fn_id, blob)
-        descriptor = _Descriptor(self._name, self._methods, opts["max_task_retries"])
-        model, concurrency = self._model()
-        task_id = ids.new_task_id()
-        payload, deps, contained = encode_args(client, task_id, args, kwargs,
-                                               f"{self._name}.__init__")
-        spec = TaskSpec(task_id, f"{self._name}.__init__", fn_id, payload, deps, contained,
-                        protocol.RETURNS_STATIC, 0, 0, False, opts["num_cpus"], opts["memory"],
-                        0, task_id, "__init__")
-        actor_options = {"model": model, "max_concurrency": concurrency,
-                         "max_restarts": opts["max_restarts"], "lifetime": opts["lifetime"]}
-        actor_id, found = client.create_actor(spec, self._name, opts["name"], descriptor.blob,
-                                              actor_options, opts["get_if_exists"])
-        if actor_id == task_id:
-            return ActorHandle(actor_id, descriptor, _registered=True)
-        return ActorHandle(actor_id, _Descriptor.from_blob(found))
+        return context.ensure().create_actor(self, args, kwargs)
 
     def __repr__(self) -> str:
         return f"ActorClass({self._name})"
@@ -153,7 +151,7 @@ class ActorHandle:
 
     __slots__ = ("_actor_id", "_descriptor", "_handle", "_method_cache", "__weakref__")
 
-    def __init__(self, actor_id: bytes, descriptor: _Descriptor, *,
+    def __init__(self, actor_id: bytes, descriptor: Descriptor, *,
                  _registered: bool = False) -> None:
         self._actor_id = actor_id
         self._descriptor = descriptor
@@ -173,7 +171,8 @@ class ActorHandle:
         found = self._method_cache[name] = ActorMethod(self, name, descriptor.methods[name])
         return found
 
-    def _client(self) -> context.Client:
+    def _client(self) -> "Runtime":
+        """The runtime of this actor."""
         return self._handle._live_client()
 
     @property
@@ -200,7 +199,7 @@ class ActorHandle:
 
 
 def _rebuild_handle(actor_id: bytes, blob: bytes) -> ActorHandle:
-    return ActorHandle(actor_id, _Descriptor.from_blob(blob))
+    return ActorHandle(actor_id, Descriptor.from_blob(blob))
 
 
 class ActorMethod:
@@ -225,6 +224,8 @@ class ActorMethod:
                                    f"actor method {self._name}")
         merged = dict(self._options)
         merged.update(checked)
+        _check_kind(f"{self._handle._descriptor.class_name}.{self._name}",
+                    merged["num_returns"], merged.get("_generator", True))
         return ActorMethod(self._handle, self._name, merged)
 
     def _submission(self) -> tuple:
@@ -241,16 +242,7 @@ class ActorMethod:
         """Call the method in the actor's process: what a task's ``.remote()`` returns (a
         ref, a list of refs, None, or an ``ObjectRefGenerator`` for a generator method).
         Calls from one caller run in the order they were made."""
-        handle = self._handle
-        client = handle._client()
-        name, kind, num_returns, backpressure = self._submission()
-        task_id = ids.new_task_id()
-        payload, deps, contained = encode_args(client, task_id, args, kwargs, name)
-        spec = TaskSpec(task_id, name, b"", payload, deps, contained, kind, num_returns,
-                        handle._descriptor.max_task_retries, False, 0.0, None, backpressure,
-                        handle._actor_id, self._name)
-        client.submit(spec)
-        return spec.outputs(client)
+        return self._handle._client().call_method(self, args, kwargs)
 
     def __repr__(self) -> str:
         return f"ActorMethod({self._handle._descriptor.class_name}.{self._name})"

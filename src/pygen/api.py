@@ -47,8 +47,14 @@ SHM_DIR = "/dev/shm"
 
 
 def _in_worker() -> bool:
-    client = context.current()
-    return (client is not None and client.is_worker) or "PYGEN_WORKER_ID" in os.environ
+    runtime = context.current()
+    if runtime is not None:
+        return runtime.is_worker
+    if "PYGEN_WORKER_ID" in os.environ:
+        return True
+    from .ray_backend.connect import in_ray_worker
+
+    return in_ray_worker()
 
 
 def _shm_free() -> int:
@@ -63,24 +69,43 @@ def _default_store_size() -> int:
 
 
 def init(num_cpus: Optional[float] = None, object_store_memory: Optional[int] = None, *,
-         worker_memory_limit: Optional[int] = None, spill_dir: Optional[str] = None,
-         ignore_reinit_error: bool = False, log_to_driver: bool = True) -> None:
+         address: Optional[str] = None, worker_memory_limit: Optional[int] = None,
+         spill_dir: Optional[str] = None, ignore_reinit_error: bool = False,
+         log_to_driver: bool = True) -> None:
     """Start pygen: the object store, the node and ``num_cpus`` worker processes.
 
+    With ``address`` (``"auto"`` or ``"HOST:PORT"``; default: the environment variable
+    PYGEN_ADDRESS), pygen runs on that Ray cluster instead, through Ray's public API
+    (``pip install 'pygen[ray]'``; docs/cluster.md says what differs).
     Inside a worker this does nothing (a module that calls it at import time is fine).
     Arguments left out default to the environment variables PYGEN_NUM_CPUS,
     PYGEN_OBJECT_STORE_MEMORY and PYGEN_WORKER_MEMORY_LIMIT when set.
     """
-    global _atexit_registered
     if _in_worker():
         return
     with _lock:
-        client = context.current()
-        if client is not None and not client.closed:
+        runtime = context.current()
+        if runtime is not None and not runtime.closed:
             if ignore_reinit_error:
                 return
             raise RuntimeError("pygen.init() was already called; call pygen.shutdown() first, "
                                "or pass ignore_reinit_error=True")
+        from_env = address is None
+        if from_env:
+            address = os.environ.get("PYGEN_ADDRESS") or None
+        if address is not None:
+            from .ray_backend.connect import connect
+
+            local_only = {"num_cpus": num_cpus, "object_store_memory": object_store_memory,
+                          "spill_dir": spill_dir}
+            worker_memory_limit = _checked(
+                worker_memory_limit, "PYGEN_WORKER_MEMORY_LIMIT", int,
+                lambda v: options.TASK_OPTIONS["memory"][1]("worker_memory_limit", v))
+            context.set_current(connect(address, local_only, from_env=from_env,
+                                        worker_memory_limit=worker_memory_limit,
+                                        log_to_driver=log_to_driver))
+            _register_atexit()
+            return
         # Every argument is checked before anything is made: a bad one leaves nothing.
         # Left out, they default to the environment (read here, once), checked the same way.
         cpus = _checked(num_cpus, "PYGEN_NUM_CPUS", float, _check_num_cpus)
@@ -96,6 +121,7 @@ def init(num_cpus: Optional[float] = None, object_store_memory: Optional[int] = 
 
         from . import _store
         from .core.driver_client import DriverClient
+        from .core.local_runtime import LocalRuntime
         from .core.node import Node
 
         store = _store.Store.create(size)
@@ -105,16 +131,21 @@ def init(num_cpus: Optional[float] = None, object_store_memory: Optional[int] = 
             node = Node(cpus, store, worker_memory_limit=worker_memory_limit,
                         spill_dir=spill_dir, log_to_driver=log_to_driver)
             node.start()
-            context.set_current(DriverClient(node))
+            context.set_current(LocalRuntime(DriverClient(node)))
         except BaseException:
             # A failed init releases what it made: workers, threads, descriptors, arena.
             if node is not None:
                 node.shutdown()
             store.close()
             raise
-        if not _atexit_registered:
-            atexit.register(shutdown)
-            _atexit_registered = True
+        _register_atexit()
+
+
+def _register_atexit() -> None:
+    global _atexit_registered
+    if not _atexit_registered:
+        atexit.register(shutdown)
+        _atexit_registered = True
 
 
 def _checked(value: Any, env: str, kind: type, check: Callable[[Any], Any]) -> Any:
@@ -168,20 +199,17 @@ def shutdown() -> None:
     if _in_worker():
         return
     with _lock:
-        client = context.current()
-        if client is None:
+        runtime = context.current()
+        if runtime is None:
             return
-        client.close()
         context.set_current(None)
-        node = client.node  # type: ignore[attr-defined]
-        node.shutdown()
-        node.store.close()
+        runtime.shutdown()
 
 
 def is_initialized() -> bool:
     """True between ``init`` (or the first call that starts pygen) and ``shutdown``."""
-    client = context.current()
-    return client is not None and not client.closed
+    runtime = context.current()
+    return runtime is not None and not runtime.closed
 
 
 @overload
@@ -256,19 +284,15 @@ def get_actor(name: str) -> Any:
     Raises ``ValueError`` naming the actor when there is none (never created, dead, or
     every handle to it was dropped, which ends an actor).
     """
-    from .actor import ActorHandle, _Descriptor
-
     if not isinstance(name, str):
         raise TypeError(f"pygen.get_actor() takes the actor's name (a str), "
                         f"got {type(name).__name__}")
-    client = context.ensure()
-    found = client.get_actor(name)
+    found = context.ensure().get_actor(name)
     if found is None:
         raise ValueError(f"no live actor is named {name!r}: create it with "
                          f"Cls.options(name={name!r}).remote(...) first (an actor ends when "
                          f"it is killed, crashes for good, or every handle to it is gone)")
-    actor_id, blob = found
-    return ActorHandle(actor_id, _Descriptor.from_blob(blob))
+    return found
 
 
 def kill(actor: Any, *, no_restart: bool = True) -> None:
@@ -280,7 +304,7 @@ def kill(actor: Any, *, no_restart: bool = True) -> None:
     if not isinstance(actor, ActorHandle):
         raise TypeError(f"pygen.kill() takes an actor handle, got {type(actor).__name__}; "
                         f"to stop a task use pygen.cancel(ref, force=True)")
-    actor._client().kill_actor(actor._actor_id, bool(no_restart))
+    actor._client().kill_actor(actor, bool(no_restart))
 
 
 def put(value: T) -> ObjectRef[T]:
@@ -289,8 +313,7 @@ def put(value: T) -> ObjectRef[T]:
     if isinstance(value, ObjectRef):
         raise TypeError("pygen.put() of an ObjectRef is not allowed: pass the ref itself, "
                         "or put a container that holds it (e.g. [ref])")
-    client = context.ensure()
-    return ObjectRef._registered_with(client.put(value), client)
+    return context.ensure().put(value)
 
 
 @overload
@@ -311,7 +334,7 @@ def get(refs: Union[ObjectRef[Any], Sequence[ObjectRef[Any]]], *,
     """
     timeout = options.timeout_seconds(timeout)
     if isinstance(refs, ObjectRef):
-        return refs._live_client().get([refs.binary()], timeout)[0]
+        return refs._live_client().get([refs], timeout)[0]
     if isinstance(refs, (ObjectRefGenerator,)):
         raise TypeError("pygen.get() does not take an ObjectRefGenerator: iterate it "
                         "(for ref in gen: pygen.get(ref)) or wait for the task with "
@@ -327,8 +350,7 @@ def get(refs: Union[ObjectRef[Any], Sequence[ObjectRef[Any]]], *,
             raise TypeError(f"pygen.get() takes ObjectRefs, got {type(ref).__name__} at index {i}")
     if not refs:
         return []
-    client = refs[0]._live_client()
-    return client.get([r.binary() for r in refs], timeout)
+    return refs[0]._live_client().get(list(refs), timeout)
 
 
 def wait(refs: Sequence[W], *, num_returns: int = 1, timeout: Optional[float] = None,
@@ -348,19 +370,11 @@ def wait(refs: Sequence[W], *, num_returns: int = 1, timeout: Optional[float] = 
     if num_returns > len(refs):
         raise ValueError(f"num_returns={num_returns} is larger than the number of refs "
                          f"given ({len(refs)})")
-    keys = []
     for i, ref in enumerate(refs):
-        if isinstance(ref, ObjectRef):
-            keys.append(ref.binary())
-        elif isinstance(ref, ObjectRefGenerator):
-            keys.append(ref._stream_key())
-        else:
+        if not isinstance(ref, (ObjectRef, ObjectRefGenerator)):
             raise TypeError(f"pygen.wait() takes ObjectRefs and ObjectRefGenerators, "
                             f"got {type(ref).__name__} at index {i}")
-    if len(set(keys)) != len(keys):
-        raise ValueError("pygen.wait() got the same ref more than once")
-    client = context.ensure()
-    flags = client.wait(keys, num_returns, timeout)
+    flags = context.ensure().wait(list(refs), num_returns, timeout)
     ready: List[W] = []
     not_ready: List[W] = []
     for ref, ok in zip(refs, flags):
@@ -376,16 +390,12 @@ def cancel(ref: Union[ObjectRef[Any], ObjectRefGenerator[Any]], *, force: bool =
     """Cancel the task behind ``ref``: see SPEC §2 (queued: never runs; running:
     ``TaskCancelledError`` raised inside it; ``force``: its worker is killed)."""
     if isinstance(ref, ObjectRefGenerator):
-        key = ref._stream_key()
-        client = ref._client()
+        runtime = ref._client()
     elif isinstance(ref, ObjectRef):
-        key = ref.binary()
-        client = ref._live_client()
+        runtime = ref._live_client()
     else:
         raise TypeError(f"pygen.cancel() takes an ObjectRef or ObjectRefGenerator, "
                         f"got {type(ref).__name__}")
-    if ids.kind_of(key) == ids.KIND_PUT:
-        return  # a put has no task
-    client.cancel(key, bool(force), bool(recursive))  # force on an actor call: ValueError
+    runtime.cancel(ref, bool(force), bool(recursive))  # force on an actor call: ValueError
 
 

@@ -1,9 +1,11 @@
-"""The client of this process: the one object refs and generators talk to.
+"""The runtime of this process: the one object refs, generators and handles talk to.
 
-Set once at start-up: in the driver by ``pygen.init`` (the in-process node's client),
-in a worker by the worker's main loop (a client that sends messages to the node).
-Everything in the shared-types floor (``ObjectRef``, the generators, ``api``) reaches
-the runtime only through the methods of :class:`Client`, never by importing the node.
+Set once at start-up: in the driver by ``pygen.init`` (a ``LocalRuntime`` over the
+in-process node, or a ``RayRuntime``), in a worker by its main loop (a ``LocalRuntime``
+over a client that sends messages to the node; in a Ray worker, a ``RayRuntime``).
+Everything in the face (``ObjectRef``, the generators, actor handles, ``api``) reaches the
+runtime only through the methods of :class:`pygen.runtime.Runtime`, never by importing
+the node or Ray.
 
 A process forked after ``init`` inherits a copy of its parent's client, node and store
 handle, but none of the runtime is its own: the node's thread does not exist in the copy,
@@ -19,71 +21,24 @@ import os
 import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-try:
-    from typing import Protocol
-except ImportError:  # Python < 3.8
-    Protocol = object  # type: ignore
+from .runtime import Runtime
 
 
-class Client(Protocol):
-    """What a process can ask of the runtime.  Object ids are 20-byte ``bytes``."""
-
-    is_worker: bool
-    closed: bool
-    forked: bool  # this is a forked child's copy of its parent's client: never usable
-
-    # reference counting: add is synchronous; remove may run inside __del__ on any thread
-    def add_ref(self, oid: bytes, registered: bool = False) -> None: ...
-    def remove_ref(self, oid: bytes) -> None: ...
-
-    # objects
-    def put(self, value: Any) -> bytes: ...
-    def get(self, oids: Sequence[bytes], timeout: Optional[float]) -> List[Any]: ...
-    def encode(self, value: Any, oid: bytes) -> Tuple[tuple, list]: ...
-    def store_value(self, sv: Any, oid: bytes) -> None: ...
-    def wait(self, keys: Sequence[bytes], num_returns: int,
-             timeout: Optional[float]) -> List[bool]:
-        """Ready flags for object ids and stream ids (``ids.stream_id``), in order."""
-        ...
-
-    def on_ready(self, oid: bytes, callback: Callable[[], None]) -> None: ...
-
-    # tasks
-    def register_function(self, fn_id: bytes, blob: bytes) -> None: ...
-    def submit(self, spec: Any) -> None: ...
-    def cancel(self, oid: bytes, force: bool, recursive: bool) -> None: ...
-
-    # streams (a streaming generator's items, by its task id)
-    def stream_next(self, task_id: bytes, timeout: Optional[float]) -> Optional[bytes]: ...
-    def stream_close(self, task_id: bytes) -> None: ...
-
-    # actors
-    def create_actor(self, spec: Any, class_name: str, name: Optional[str], descriptor: bytes,
-                     options: Dict[str, Any], get_if_exists: bool) -> Tuple[bytes, bytes]:
-        """(actor_id, descriptor): the new actor's, or the live one named ``name``."""
-        ...
-
-    def get_actor(self, name: str) -> Optional[Tuple[bytes, bytes]]: ...
-    def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
-        """Returns once the actor's process is gone."""
-        ...
-
-
-_current: Optional[Client] = None
+_current: Optional[Runtime] = None
 _lock = threading.RLock()
 # Set in a process forked from one that had started pygen, until it calls init itself.
 _inherited_from: Optional[int] = None
 # The clients a fork inherited: kept here, and immortal, so they are never freed in the
 # child (freeing the store handle would release the parent's slot, see _keep_forever).
-_inherited: List[Client] = []
+_inherited: List[Runtime] = []
 
 
-def current() -> Optional[Client]:
-    """The client of this process, or None before ``init``."""
+def current() -> Optional[Runtime]:
+    """The runtime of this process, or None before ``init``."""
     return _current
 
 
-def set_current(client: Optional[Client]) -> None:
+def set_current(client: Optional[Runtime]) -> None:
     global _current, _inherited_from
     _current = client
     if client is not None:
@@ -100,15 +55,15 @@ def forked_error(what: str = "pygen") -> RuntimeError:
         f"generators made by the parent cannot be used there)")
 
 
-def closed_error(client: Client, what: str) -> Exception:
+def closed_error(client: Runtime, what: str) -> Exception:
     """The error for a use of ``what`` (a ref, a generator) whose client is closed."""
     if getattr(client, "forked", False):
         return forked_error(what)
     return ValueError(f"{what} belongs to a pygen session that was shut down")
 
 
-def ensure() -> Client:
-    """The client of this process, initialising pygen with defaults in a driver."""
+def ensure() -> Runtime:
+    """The runtime of this process, initialising pygen with defaults in a driver."""
     client = _current
     if client is not None and not client.closed:
         return client

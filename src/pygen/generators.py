@@ -12,12 +12,14 @@ of item refs of a finished task.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Generic, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, List, Optional, Tuple
 
 from . import context, ids, options, serialization
 from ._typing import Y_co
-from .exceptions import GetTimeoutError
 from .object_ref import ObjectRef, _rebuild
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
 
 __all__ = ["ObjectRefGenerator", "DynamicObjectRefGenerator"]
 
@@ -38,7 +40,8 @@ class ObjectRefGenerator(Generic[Y_co]):
         # a counted handle on the stream: while any exists, the stream keeps its items
         self._handle: ObjectRef[Any] = ObjectRef(ids.stream_id(task_id), _registered=_registered)
 
-    def _client(self) -> context.Client:
+    def _client(self) -> "Runtime":
+        """The runtime of this generator's task."""
         return self._handle._live_client()
 
     # -- synchronous iteration -----------------------------------------------------------------
@@ -49,11 +52,10 @@ class ObjectRefGenerator(Generic[Y_co]):
         return self._next(None)
 
     def _next(self, timeout: Optional[float]) -> "ObjectRef[Y_co]":
-        client = self._client()
-        oid = client.stream_next(self._task_id, timeout)
-        if oid is None:
+        ref = self._client().stream_next(self, timeout)
+        if ref is None:
             raise StopIteration
-        return ObjectRef._registered_with(oid, client)
+        return ref
 
     def next_ready(self, timeout: Optional[float] = None) -> "ObjectRef[Y_co]":
         """``next`` with a timeout: ``GetTimeoutError`` if no item comes in time."""
@@ -64,35 +66,19 @@ class ObjectRefGenerator(Generic[Y_co]):
         return self
 
     async def __anext__(self) -> "ObjectRef[Y_co]":
-        import asyncio  # only async users pay for it (workers start faster without it)
-
-        client = self._client()
-        loop = asyncio.get_running_loop()
-        key = ids.stream_id(self._task_id)
-        while True:
-            try:
-                oid = client.stream_next(self._task_id, 0)
-            except GetTimeoutError:
-                ready = loop.create_future()
-
-                def wake(fut: Any = ready) -> None:
-                    loop.call_soon_threadsafe(_resolve, fut)
-
-                client.on_ready(key, wake)
-                await ready
-                continue  # another consumer may have taken the item: ask again
-            if oid is None:
-                raise StopAsyncIteration
-            return ObjectRef._registered_with(oid, client)
+        ref = await self._client().stream_anext(self)
+        if ref is None:
+            raise StopAsyncIteration
+        return ref
 
     # -- the task ----------------------------------------------------------------------------------
     def completed(self) -> "ObjectRef[Any]":
         """A ref that is ready when the task ends: its ``return`` value, or its error."""
-        return ObjectRef(ids.completion_id(self._task_id))
+        return self._client().stream_completed(self)
 
     def close(self) -> None:
         """Stop the task at its current ``yield`` (its ``finally`` runs); free what is left."""
-        self._client().stream_close(self._task_id)
+        self._client().stream_close(self)
 
     def task_id(self) -> bytes:
         """The id of the generator's task."""
@@ -113,11 +99,6 @@ class ObjectRefGenerator(Generic[Y_co]):
 
 def _rebuild_generator(task_id: bytes) -> "ObjectRefGenerator[Any]":
     return ObjectRefGenerator(task_id)
-
-
-def _resolve(fut: Any) -> None:
-    if not fut.done():
-        fut.set_result(None)
 
 
 class DynamicObjectRefGenerator:

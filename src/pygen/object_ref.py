@@ -20,6 +20,8 @@ from ._typing import T_co
 if TYPE_CHECKING:
     import concurrent.futures
 
+    from .runtime import Runtime
+
 __all__ = ["ObjectRef"]
 
 
@@ -33,8 +35,11 @@ class ObjectRef(Generic[T_co]):
 
     __slots__ = ("_id", "_client", "__weakref__")
 
+    # ``_client`` is the runtime that made the ref (``pygen.runtime.Runtime``): it counts
+    # the ref and answers get/wait/cancel for it.
+
     def __init__(self, object_id: bytes, *, _registered: bool = False,
-                 _client: Optional[context.Client] = None) -> None:
+                 _client: Optional["Runtime"] = None) -> None:
         if not isinstance(object_id, bytes) or len(object_id) != 20:
             raise TypeError("ObjectRef needs a 20-byte id; refs come from .remote() or pygen.put")
         self._id = object_id
@@ -44,7 +49,7 @@ class ObjectRef(Generic[T_co]):
             client.add_ref(object_id, _registered)
 
     @classmethod
-    def _registered_with(cls, object_id: bytes, client: context.Client) -> "ObjectRef[Any]":
+    def _registered_with(cls, object_id: bytes, client: "Runtime") -> "ObjectRef[Any]":
         """A ref the node already counts for ``client``'s process (a task's return, a
         stream item just taken): ``__init__`` without its checks, on the hot paths."""
         ref = cls.__new__(cls)
@@ -106,32 +111,15 @@ class ObjectRef(Generic[T_co]):
     # futures -----------------------------------------------------------------------
     def future(self) -> "concurrent.futures.Future[T_co]":
         """A ``concurrent.futures.Future`` that resolves to the value (or its error)."""
-        import concurrent.futures  # not at import time: workers start faster without it
-
-        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        client = self._live_client()
-        oid = self._id
-        # the future keeps the ref (hence the object) alive until it resolves
-        keep: Optional[ObjectRef[Any]] = self
-
-        def resolve() -> None:
-            nonlocal keep
-            if fut.set_running_or_notify_cancel():
-                try:
-                    fut.set_result(client.get([oid], 0)[0])
-                except BaseException as exc:  # the stored error, delivered through the future
-                    fut.set_exception(exc)
-            keep = None
-
-        client.on_ready(oid, resolve)
-        return fut
+        return self._live_client().future(self)
 
     def __await__(self) -> Generator[Any, None, T_co]:
         import asyncio
 
         return asyncio.wrap_future(self.future()).__await__()
 
-    def _live_client(self) -> context.Client:
+    def _live_client(self) -> "Runtime":
+        """The runtime of this ref (the process's, for a ref made before init)."""
         client = self._client
         if client is None:
             return context.ensure()

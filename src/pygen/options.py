@@ -93,6 +93,22 @@ def _bool(name: str, value: Any) -> bool:
     return value
 
 
+def _resources(name: str, value: Any) -> Any:
+    """Custom resources a task or actor needs, {name: amount} (on a Ray cluster: the
+    resources its nodes declare; the local runtime has none)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise TypeError(f"option {name!r} must be a dict of resource names to amounts, "
+                        f"got {type(value).__name__}")
+    out = {}
+    for key, amount in value.items():
+        if not isinstance(key, str):
+            raise TypeError(f"option {name!r}: resource names are str, got {key!r}")
+        out[key] = cpu_count(f"option {name!r}[{key!r}]", amount)
+    return out
+
+
 def _lifetime(name: str, value: Any) -> Any:
     if value is not None and value != "detached":
         raise ValueError(f"option {name!r} must be None or 'detached', got {value!r}")
@@ -112,6 +128,7 @@ TASK_OPTIONS: Dict[str, tuple] = {
     "memory": (None, _optional(_int_at_least(1))),
     "generator_backpressure": (None, _optional(_int_at_least(1))),
     "name": (None, _name),
+    "resources": (None, _resources),
 }
 
 ACTOR_OPTIONS: Dict[str, tuple] = {
@@ -123,6 +140,7 @@ ACTOR_OPTIONS: Dict[str, tuple] = {
     "name": (None, _name),              # a name pygen.get_actor finds it by
     "get_if_exists": (False, _bool),    # with name: the live actor of that name, if any
     "lifetime": (None, _lifetime),      # "detached": not ended when its handles are gone
+    "resources": (None, _resources),
 }
 
 METHOD_OPTIONS: Dict[str, tuple] = {

@@ -6,13 +6,12 @@ import hashlib
 from typing import Any, Dict, Generic, List, Optional, Tuple, Union, overload
 
 
-from . import context, ids, options, serialization
+from . import context, options, serialization
 from ._typing import P, R
 from .callables import is_generator_function
 from .core import protocol
 from .generators import ObjectRefGenerator
 from .object_ref import ObjectRef
-from .task_spec import TaskSpec, encode_args
 
 _KINDS = {"dynamic": protocol.RETURNS_DYNAMIC, "streaming": protocol.RETURNS_STREAMING}
 
@@ -77,7 +76,7 @@ class RemoteFunction(Generic[P, R]):
         merged.update(checked)
         return RemoteFunction(self._function, merged, self._pickled)
 
-    def _submission(self, client: context.Client) -> tuple:
+    def _submission(self) -> tuple:
         """What every call shares, computed once: (fn_id, name, kind, count, ...)."""
         if self._cached is None:
             opts = self._options
@@ -100,16 +99,7 @@ class RemoteFunction(Generic[P, R]):
         result (a list of refs for ``num_returns=k``, None for 0), or an
         ``ObjectRefGenerator`` for a streaming generator.  It returns at once; the task runs
         in a worker."""
-        client = context.ensure()
-        (fn_id, blob, name, kind, num_returns, max_retries, retry, num_cpus, memory,
-         backpressure) = self._submission(client)
-        client.register_function(fn_id, blob)
-        task_id = ids.new_task_id()
-        payload, deps, contained = encode_args(client, task_id, args, kwargs, name)
-        spec = TaskSpec(task_id, name, fn_id, payload, deps, contained, kind, num_returns,
-                        max_retries, retry, num_cpus, memory, backpressure)
-        client.submit(spec)
-        return spec.outputs(client)
+        return context.ensure().submit_task(self, args, kwargs)  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:
         return f"RemoteFunction({self._name})"

@@ -11,7 +11,6 @@ from typing import Any, List, NamedTuple, Optional, Tuple
 
 from . import ids, serialization
 from .core import protocol
-from .generators import ObjectRefGenerator
 from .object_ref import ObjectRef
 
 
@@ -50,16 +49,6 @@ class TaskSpec(NamedTuple):
     @classmethod
     def from_wire(cls, wire: tuple) -> "TaskSpec":
         return cls._make(wire)
-
-    def outputs(self, client: object) -> Any:
-        """What ``.remote()`` returns for this spec, once submitted: an ObjectRefGenerator,
-        one ref, a list of refs, or None (``num_returns=0``)."""
-        if self.returns_kind == protocol.RETURNS_STREAMING:
-            return ObjectRefGenerator(self.task_id, _registered=True)
-        if self.returns_kind == protocol.RETURNS_DYNAMIC or self.num_returns == 1:
-            return ObjectRef._registered_with(ids.return_id(self.task_id, 0), client)
-        refs = [ObjectRef._registered_with(oid, client) for oid in self.return_ids()]
-        return refs if refs else None
 
 
 _NO_ARGS: Optional[tuple] = None

@@ -168,8 +168,9 @@ class LineForwarder:
         if newline < 0:
             self._partial += data
             if len(self._partial) >= MAX_LINE_BYTES:
-                self._emit([bytes(self._partial)])
-                self._partial = bytearray()
+                whole = len(self._partial) - len(self._partial) % MAX_LINE_BYTES
+                self._emit(_pieces(bytes(self._partial[:whole])))
+                del self._partial[:whole]
             return
         if self._partial:
             self._partial += data[:newline]

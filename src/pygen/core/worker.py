@@ -41,6 +41,7 @@ def main() -> None:
     from .. import _store, context
     from . import output, protocol
     from .executor import Executor, install_cancel_signal
+    from .local_runtime import LocalRuntime
     from .transport import Connection
     from .worker_client import WorkerClient
 
@@ -50,7 +51,7 @@ def main() -> None:
     store = _store.Store.attach_fd(STORE_FD)
     conn = Connection(socket.socket(fileno=SOCK_FD))
     client = WorkerClient(conn, store, worker_id)
-    context.set_current(client)
+    context.set_current(LocalRuntime(client))
     executor = Executor(client)
     install_cancel_signal(executor)
     client.send(protocol.Hello(worker_id, os.getpid(), store.slot))
