@@ -123,7 +123,10 @@ def sleeper(path):
     import time
 
     log(path, "started")
-    time.sleep(300)
+    # short sleeps: Ray's (non-force) cancel interrupts a task between bytecodes, not
+    # inside one long C call (docs/cluster.md); pygen's interrupts both
+    for _ in range(3000):
+        time.sleep(0.1)
 
 
 @pygen.remote

@@ -13,13 +13,11 @@ docs/cluster.md has the table.
 from __future__ import annotations
 
 import logging
-import os
 import time
 import warnings
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
-from .. import options
-from ..exceptions import ActorDiedError, GetTimeoutError, OutOfMemoryError
+from ..exceptions import GetTimeoutError, OutOfMemoryError
 from ..generators import DynamicObjectRefGenerator, ObjectRefGenerator
 from ..object_ref import ObjectRef
 from ..runtime import not_on
@@ -446,4 +444,4 @@ def _keyword_arguments(kwargs: Dict[str, Any]) -> Dict[str, Any]:
     return {k: _unwrap(v) for k, v in kwargs.items()}
 
 
-__all__ = ["RayRuntime", "ActorDiedError", "options", "os"]
+__all__ = ["RayRuntime"]
