@@ -48,9 +48,11 @@ class Summer:
     def __init__(self):
         self.seen = 0
 
-    async def consume(self, gen):
+    async def consume(self, producer):
+        # the generator is started here, where it is consumed: a generator can be handed
+        # to another task or actor on pygen's own runtime, not on Ray's (docs/cluster.md)
         total = 0
-        async for ref in gen:
+        async for ref in producer.f.remote():
             total += await ref
             self.seen += 1
             await asyncio.sleep(0)
@@ -61,6 +63,6 @@ class Summer:
 
 
 summer = Summer.remote()
-total = summer.consume.remote(Actor.remote().f.remote())
+total = summer.consume.remote(Actor.remote())
 print("items seen while it consumes:", pygen.get(summer.progress.remote()) <= 5)
 print("sum of the stream:", pygen.get(total))

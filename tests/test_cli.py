@@ -2,7 +2,7 @@
 --compare), plus the benchmark plan's own rules (one definition per workload, the same
 size on pygen's and Ray's side, failures reported, never dropped).
 
-``pygen bench --quick`` runs once here (Ray left out: CI does not install it; its side is
+``pygen bench --quick`` runs once here (Ray left out: it would double the run, and its side is
 the same code as pygen's); its figures are not asserted, only that each is there.
 """
 from __future__ import annotations

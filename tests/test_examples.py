@@ -23,6 +23,7 @@ ENV = {"pattern_generators.py": {"PYGEN_WORKER_MEMORY_LIMIT": str(1 << 30)}}
 ARGS = {"store_demo.py": ["100"]}  # 100 MB instead of 400: same code paths, less time
 LIMIT = {"pattern_generators.py": 400, "streaming_intro.py": 90}
 SLOW = {"pattern_generators.py"}
+ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def environment(name: str) -> dict:
@@ -63,6 +64,7 @@ class Run:
         self.stderr = stderr
         self.pid = pid
         self.line_times = line_times  # (seconds since start, stdout line)
+        self.on_ray = False
 
     def lines(self) -> list:
         return self.stdout.splitlines()
@@ -74,10 +76,10 @@ def run_example(name: str) -> Run:
     return run_command(name, cmd, LIMIT.get(name, 60))
 
 
-def run_command(name: str, cmd: list, limit: float) -> Run:
+def run_command(name: str, cmd: list, limit: float, env: "dict | None" = None) -> Run:
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=environment(name), cwd=ROOT)
+                            env=env or environment(name), cwd=ROOT)
     import threading
 
     err_chunks = []
@@ -88,6 +90,8 @@ def run_command(name: str, cmd: list, limit: float) -> Run:
     timer.start()
     try:
         for line in proc.stdout:
+            # Ray colours the prefix of forwarded lines even when stdout is a pipe
+            line = ANSI_COLOUR.sub("", line)
             line_times.append((time.monotonic() - t0, line.rstrip("\n")))
         proc.wait()
     finally:
@@ -114,10 +118,17 @@ def check_dynamic_generators(run: Run) -> None:
     assert m, run.stdout
     size, blocks = int(m.group(1)), int(m.group(2))
     assert blocks == -(-size // 1000) or (size == 0 and blocks == 0)
-    assert re.search(r"^ObjectRef\([0-9a-f]{40}\)$", run.stdout, re.M), run.stdout
+    # pygen's ids are 20 bytes, Ray's 28
+    assert re.search(r"^ObjectRef\([0-9a-f]{40}(?:[0-9a-f]{16})?\)$", run.stdout, re.M), \
+        run.stdout
     assert re.search(r"^DynamicObjectRefGenerator", run.stdout, re.M), run.stdout
     forwarded = re.findall(r"^\(get_size pid=\d+\) DynamicObjectRefGenerator", run.stdout, re.M)
-    assert len(forwarded) == 2, run.stdout
+    if run.on_ray:
+        # Ray forwards workers' output asynchronously and drops what has not arrived when
+        # the driver exits: the program's last line may be lost (docs/cluster.md)
+        assert 1 <= len(forwarded) <= 2, run.stdout
+    else:
+        assert len(forwarded) == 2, run.stdout
 
 
 def check_generator_errors(run: Run) -> None:
@@ -306,3 +317,33 @@ def test_main_command_without_a_subcommand_prints_help():
     info = subprocess.run([sys.executable, "-m", "pygen", "info"], capture_output=True,
                           text=True, env=environment(""), cwd=ROOT, timeout=60)
     assert info.returncode == 0 and info.stdout.startswith("pygen "), info
+
+
+# == the same programs on a Ray cluster ========================================================
+# Unchanged: PYGEN_ADDRESS makes their pygen.init() connect to the cluster (the local
+# runtime's num_cpus= and object_store_memory=, which two of them pass, are ignored there
+# with a warning).  store_demo.py is left out: it shows pygen's own C store (pygen._store)
+# between two processes, with no runtime at all, so there is nothing of it to run on Ray.
+ON_RAY = [name for name in EXAMPLES if name != "store_demo.py"]
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=[pytest.mark.timeout(LIMIT.get(name, 60) + 60)]
+                 + ([pytest.mark.slow] if name in SLOW else []), id=name)
+    for name in ON_RAY])
+def test_example_on_a_ray_cluster(name, ray_cluster):
+    env = environment(name)
+    env["PYGEN_ADDRESS"] = ray_cluster.address
+    run = run_command(name, [sys.executable, os.path.join(ROOT, "examples", name)]
+                      + ARGS.get(name, []), LIMIT.get(name, 60), env)
+    run.on_ray = True
+    check_common(run)
+    check = CHECKS.get(name)
+    if check is not None:
+        check(run)
+    if name in ("pipeline.py", "typed_usage.py"):  # they pass the local runtime's sizes
+        assert "apply to the local runtime only and are ignored" in run.stderr, run.stderr
+
+
+def test_every_example_runs_on_both_runtimes():
+    assert set(EXAMPLES) - set(ON_RAY) == {"store_demo.py"}

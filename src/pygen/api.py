@@ -341,7 +341,7 @@ def get(refs: Union[ObjectRef[Any], Sequence[ObjectRef[Any]]], *,
                         "pygen.get(gen.completed())")
     if not isinstance(refs, (list, tuple)):
         raise TypeError(f"pygen.get() takes an ObjectRef or a list of ObjectRefs, "
-                        f"got {type(refs).__name__}")
+                        f"got {type(refs).__module__}.{type(refs).__qualname__}")
     for i, ref in enumerate(refs):
         if isinstance(ref, ObjectRefGenerator):
             raise TypeError(f"pygen.get() got an ObjectRefGenerator at index {i}: iterate it, "

@@ -39,13 +39,24 @@ MEMORY_POLL_INTERVAL = 0.05
 KILL_AFTER = 2.0
 
 
-def in_worker() -> None:
+def in_worker() -> Any:
     """Make pygen in this Ray worker speak to Ray (nested calls, refs unpickled here)."""
     runtime = context.current()
     if runtime is None or runtime.closed:
         from .runtime import RayRuntime
 
-        context.set_current(RayRuntime(is_worker=True))
+        runtime = RayRuntime(is_worker=True)
+        context.set_current(runtime)
+    return runtime
+
+
+def _as_pygen(args: tuple, kwargs: Dict[str, Any]) -> "tuple[tuple, Dict[str, Any]]":
+    """The arguments as pygen gives them: Ray resolved a top-level ref to a dynamic
+    generator into Ray's own DynamicObjectRefGenerator, of Ray's refs; the task sees
+    pygen's, as it would from pygen.get."""
+    runtime = in_worker()
+    return (tuple(runtime._value(a) for a in args),
+            {key: runtime._value(v) for key, v in kwargs.items()})
 
 
 # -- tasks -------------------------------------------------------------------------------------
@@ -55,13 +66,13 @@ def task_wrapper(fn: Callable[..., Any], name: str, kind: str, k: int,
     """The function Ray runs for task ``fn`` (a generator function when ``fn`` is one)."""
     if is_generator_function(fn):
         def run_generator(*args: Any, **kwargs: Any) -> Iterator[Any]:
-            in_worker()
+            args, kwargs = _as_pygen(args, kwargs)
             with _MemoryWatch(memory_limit, name):
                 yield from _semantics(_iterate(fn(*args, **kwargs)), name, kind, k)
         wrapper: Callable[..., Any] = run_generator
     else:
         def run(*args: Any, **kwargs: Any) -> Any:
-            in_worker()
+            args, kwargs = _as_pygen(args, kwargs)
             with _MemoryWatch(memory_limit, name):
                 return _call(fn, name, args, kwargs)
         wrapper = run
@@ -237,7 +248,7 @@ def actor_class(cls: type, is_async: bool, descriptor: bytes) -> type:
     """The class Ray instantiates for pygen actor class ``cls``."""
 
     def init(self: Any, *args: Any, **kwargs: Any) -> None:
-        in_worker()
+        args, kwargs = _as_pygen(args, kwargs)
         self._pygen_instance = cls(*args, **kwargs)
 
     def descriptor_of(self: Any) -> bytes:
@@ -248,6 +259,7 @@ def actor_class(cls: type, is_async: bool, descriptor: bytes) -> type:
 
     if is_async:
         async def call(self: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+            args, kwargs = _as_pygen(args, kwargs)
             fn = getattr(self._pygen_instance, method)
             name = f"{cls.__name__}.{method}"
             try:
@@ -263,6 +275,7 @@ def actor_class(cls: type, is_async: bool, descriptor: bytes) -> type:
 
         async def stream(self: Any, method: str, kind: str, k: int, *args: Any,
                          **kwargs: Any) -> Any:
+            args, kwargs = _as_pygen(args, kwargs)
             gen = getattr(self._pygen_instance, method)(*args, **kwargs)
             name = f"{cls.__name__}.{method}"
             if hasattr(gen, "__anext__"):
@@ -288,11 +301,13 @@ def actor_class(cls: type, is_async: bool, descriptor: bytes) -> type:
                     yield value
     else:
         def call(self: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+            args, kwargs = _as_pygen(args, kwargs)
             return _call(getattr(self._pygen_instance, method), f"{cls.__name__}.{method}",
                          args, kwargs)
 
         def stream(self: Any, method: str, kind: str, k: int, *args: Any,
                    **kwargs: Any) -> Iterator[Any]:
+            args, kwargs = _as_pygen(args, kwargs)
             gen = getattr(self._pygen_instance, method)(*args, **kwargs)
             yield from _semantics(_iterate(gen), f"{cls.__name__}.{method}", kind, k)
 
