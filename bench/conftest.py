@@ -41,6 +41,12 @@ def envs():
 
 
 def pytest_terminal_summary(terminalreporter):
+    facade = sys.modules.get("test_bench_ray_facade")
+    lines = facade.summary() if facade is not None else []
+    if lines:
+        terminalreporter.section("pygen on Ray next to plain Ray (medians, same run)")
+        for line in lines:
+            terminalreporter.write_line(line)
     if not MEASURED:
         return
     cases = [c for c, _ in MEASURED]

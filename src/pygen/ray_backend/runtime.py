@@ -274,8 +274,14 @@ class RayRuntime:
                     *_arguments(args), **_keyword_arguments(kwargs))
             else:
                 ray_opts["num_returns"] = requested
-                out = backing._pygen_call.options(**ray_opts).remote(
-                    method._name, *_arguments(args), **_keyword_arguments(kwargs))
+                try:  # the user's method's own caller (remote.actor_class)
+                    target = getattr(backing, method._name)
+                except AttributeError:
+                    out = backing._pygen_call.options(**ray_opts).remote(
+                        method._name, *_arguments(args), **_keyword_arguments(kwargs))
+                else:
+                    out = target.options(**ray_opts).remote(
+                        *_arguments(args), **_keyword_arguments(kwargs))
         except Exception as exc:
             raise errors.convert(exc) from None
         return self._outputs(out)
