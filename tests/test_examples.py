@@ -125,8 +125,9 @@ def check_dynamic_generators(run: Run) -> None:
     forwarded = re.findall(r"^\(get_size pid=\d+\) DynamicObjectRefGenerator", run.stdout, re.M)
     if run.on_ray:
         # Ray forwards workers' output asynchronously and drops what has not arrived when
-        # the driver exits: the program's last line may be lost (docs/cluster.md)
-        assert 1 <= len(forwarded) <= 2, run.stdout
+        # the driver exits: worker lines printed just before the end may all be lost
+        # (docs/cluster.md); none may be garbled or duplicated
+        assert len(forwarded) <= 2, run.stdout
     else:
         assert len(forwarded) == 2, run.stdout
 

@@ -317,7 +317,9 @@ SHARED_SHM_DRIVER = textwrap.dedent("""
             good += int(pygen.get(r)[-1]) == i
         except pygen.exceptions.ObjectStoreFullError:
             unreadable += 1           # its restore found /dev/shm full: an error, not a crash
-    print(name, outcome, len(held), spilled, good + unreadable == len(held), flush=True)
+    # one write of one short line: the two drivers share a pipe, and print() under
+    # PYTHONUNBUFFERED writes each argument apart, so their lines could interleave
+    os.write(1, f"{name} {outcome} {len(held)} {spilled} {good + unreadable == len(held)}\\n".encode())
     pygen.shutdown()
 """)
 
