@@ -629,6 +629,15 @@ class Node:
         """Account for a dead worker (under the lock; the pool calls this)."""
         if w.slot is not None:
             self._reclaim_slot(w.slot, w.pid)
+        else:
+            # it died before its Hello (still starting): it may have attached the store
+            # already, and the slot it took is found by its pid
+            try:
+                held = [slot for slot, pid in self.store.slots() if pid == w.pid]
+            except Exception:
+                held = []
+            for slot in held:
+                self._reclaim_slot(slot, w.pid)
         self.objects.drop_process(w.id)
         if w.actor is not None:
             self.actors.worker_died(w)
@@ -732,6 +741,39 @@ class Node:
         task = self.tasks.get(stream.task_id)
         if task is not None and task.worker is not None:
             self.outbox.send(task.worker, protocol.Ack(stream.task_id, stream.handed_out))
+
+    def backpressure_changed(self, stream: StreamState) -> None:
+        """A backpressured stream's untaken items changed: lend or take back its CPUs.
+
+        A generator paused at a yield by ``generator_backpressure`` waits for a consumer,
+        as a task blocked in ``get`` does, so it lends its CPUs meanwhile: with two CPUs,
+        two paused producers whose consumers are tasks waiting for a CPU would otherwise
+        deadlock.  The node's view is exact enough: when ``pending >= backpressure`` here,
+        the worker (which sees at most as many Acks) is paused or pauses at its next
+        check; the CPUs are taken back when an item is taken, i.e. when the Ack that
+        resumes it is sent, before it runs again.
+        """
+        task = self.tasks.get(stream.task_id)
+        w = task.worker if task is not None else None
+        running = w is not None and (task.is_actor_call or w.task is task)
+        paused = (running and stream.paused_by_backpressure() and not stream.closed
+                  and not stream.abandoned and not stream.close_sent)
+        lent = stream.lent_on
+        if lent is not None and (not paused or lent is not w):
+            stream.lent_on = None
+            if lent is w:  # still running it: take the CPUs back (else unassign settled it)
+                if task.is_actor_call:
+                    self.actors.call_unblocked(task)
+                else:
+                    self.scheduler.unblock(w)
+        if paused and stream.lent_on is None:
+            stream.lent_on = w
+            if task.is_actor_call:
+                self.actors.call_blocked(task)
+            else:
+                if self.scheduler.block(w):
+                    self.reclaim(w)
+                self.dispatch()
 
     def stop_stream_task(self, stream: StreamState) -> None:
         """Nobody can consume the stream any more: stop its task at its next yield."""

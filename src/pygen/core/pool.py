@@ -64,6 +64,13 @@ class WorkerPool:
         return (w for w in self.workers.values()
                 if w.actor is None and w.state != workers.DEAD)
 
+    def up_count(self) -> int:
+        """Workers for plain tasks that are up (idle or busy).  One still starting is
+        counted in ``starting`` instead (counting it here too left the pool one short
+        when a worker died while its replacement was starting)."""
+        return sum(1 for w in self.workers.values()
+                   if w.actor is None and w.state in (workers.IDLE, workers.BUSY))
+
     def has_idle(self) -> bool:
         return bool(self._idle)
 
@@ -148,8 +155,7 @@ class WorkerPool:
         self.node.dispatch()
 
     def _replace_if_short(self) -> None:
-        alive = sum(1 for _ in self.task_workers())
-        if alive + self.starting - len(self._wanted) < self.size:
+        if self.up_count() + self.starting - len(self._wanted) < self.size:
             self._spawn_soon()
 
     # -- output -----------------------------------------------------------------------------
@@ -257,8 +263,7 @@ class WorkerPool:
                 f"{self.failed_starts} new worker processes died while starting, the last "
                 f"(pid {w.pid}) {w.describe_exit()}; its output above says why")
             return
-        alive = sum(1 for _ in self.task_workers())
-        if (alive + self.starting - len(self._wanted) < self.size
+        if (self.up_count() + self.starting - len(self._wanted) < self.size
                 or (node.scheduler.ready and not self.starting)
                 or (self._wanted and self.starting < len(self._wanted))):
             self._spawn_soon()  # the worker is replaced
@@ -273,7 +278,7 @@ class WorkerPool:
                 return
             now = time.monotonic()
             plain = list(self.task_workers())
-            extra = len(plain) - self.size
+            extra = self.up_count() - self.size
             for w in sorted(plain, key=lambda x: x.idle_since):
                 if extra <= 0:
                     break
