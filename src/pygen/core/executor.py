@@ -208,6 +208,12 @@ class Executor:
 
     def prepare(self, call: Call, msg: protocol.Exec, target: Any) -> Any:
         """(fn, args, kwargs) of a call, or None if it already failed (reported)."""
+        if threading.get_ident() != self.main_thread:
+            # a Cancel that reached this process before the call started must be seen
+            # now; the main thread, which reads the channel, may not have dispatched it
+            # yet.  (On the main thread itself the SIGUSR2 handler and the check below,
+            # before the body runs, see it.)
+            self.client.catch_up()
         if call.task_id in self.cancelled:  # cancelled while it waited to start
             call.cancelled = True
             self.fail(call, TaskCancelledError(f"task {call.name} was cancelled"))
