@@ -28,6 +28,8 @@ HOOK = '''
 import os
 _dir = os.environ.get("PYGEN_TEST_HOLD_DIR")
 _wid = os.environ.get("PYGEN_WORKER_ID")
+if _dir and _wid and os.path.exists(os.path.join(_dir, "broken")):
+    os._exit(3)   # an environment in which no worker can start
 if _dir and _wid and os.path.exists(os.path.join(_dir, "hold-" + _wid)):
     import time
     from pygen.core import protocol, worker_client
@@ -78,6 +80,10 @@ def hold(tmp_path, monkeypatch, fresh):
         @staticmethod
         def release(wid: int) -> None:
             touch(str(d / f"release-{wid}"))
+
+        @staticmethod
+        def break_environment() -> None:
+            touch(str(d / "broken"))
 
     yield Hold()
 
@@ -182,3 +188,33 @@ def test_an_actors_worker_killed_before_its_hello_is_replaced(hold, tmp_path):
     pygen.get(blockers, timeout=T)
     assert wait_until(pool_is_whole, T), plain_workers()
     assert wait_until(all_cpus_free, T), node().free_cpus
+
+
+def test_workers_sigkilled_while_starting_again_and_again_are_replaced(hold):
+    """Three new workers in a row SIGKILLed before their Hello: a SIGKILL comes from
+    outside (a user, a chaos test), not from an environment that cannot start a worker,
+    so the queued task waits for the next worker instead of failing (the chaos suite
+    saw 'WorkerCrashedError: 3 new worker processes died while starting')."""
+    for wid in (2, 3, 4):
+        hold(wid)
+    hold.start(num_cpus=1)
+    assert wait_until(lambda: plain_workers() == [(1, "idle")], T)
+    kill(worker_pid(1))
+    for wid in (2, 3, 4):
+        pid = hold.held(wid)
+        if wid == 2:
+            ref = getpid.remote()           # queued: no worker is up
+        kill(pid)
+    assert pygen.get(ref, timeout=T) > 0
+    assert wait_until(all_cpus_free, T), node().free_cpus
+
+
+def test_an_environment_where_no_worker_can_start_fails_the_queued_tasks(hold):
+    """Workers that exit by themselves while starting, three in a row: the queued
+    task fails with WorkerCrashedError saying so, instead of workers spawned for ever."""
+    hold.start(num_cpus=1)
+    assert wait_until(lambda: plain_workers() == [(1, "idle")], T)
+    hold.break_environment()
+    kill(worker_pid(1))
+    with pytest.raises(pygen.exceptions.WorkerCrashedError, match="died while starting"):
+        pygen.get(getpid.remote(), timeout=T)

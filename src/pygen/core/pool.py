@@ -18,6 +18,7 @@ import collections
 import itertools
 import math
 import os
+import signal
 import sys
 import time
 from typing import TYPE_CHECKING, Callable, Deque, Dict, Iterator, List, Optional
@@ -38,8 +39,9 @@ MAX_EXTRA_WORKERS = 64
 # allocating at ~1 GB/s overshoots its limit by at most ~50 MB before it is killed.
 MEMORY_POLL_INTERVAL = 0.05
 _EXIT = protocol.Exit()
-# Workers dying before they are up, in a row, after which queued tasks fail instead of
-# being retried on yet another new worker (the environment cannot start one).
+# Workers dying by themselves before they are up (exit, crash; a SIGKILL from outside is
+# not counted), in a row, after which queued tasks fail instead of being retried on yet
+# another new worker (the environment cannot start one).
 MAX_FAILED_STARTS = 3
 
 
@@ -251,7 +253,10 @@ class WorkerPool:
         self.workers.pop(w.id, None)
         if was_starting:
             self.starting -= 1
-            self.failed_starts += 1
+            if not w.killed_by(signal.SIGKILL):
+                # a SIGKILL comes from outside (a user, the OOM killer, a test), not from
+                # an environment in which a worker cannot start: that one is replaced
+                self.failed_starts += 1
         node = self.node
         node.worker_died(w)
         if node.closed:

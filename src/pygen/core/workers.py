@@ -88,6 +88,10 @@ class WorkerHandle:
             return f"exited with code {os.WEXITSTATUS(status)}"
         return "exited"
 
+    def killed_by(self, sig: int) -> bool:
+        status = self.exit_status
+        return status is not None and os.WIFSIGNALED(status) and os.WTERMSIG(status) == sig
+
     def try_reap(self) -> bool:
         """Whether the process has exited (reaping it if it just did)."""
         if self.exit_status is not None:
