@@ -297,14 +297,19 @@ class Chaos:
         expect_all(items, k, "a generator started and read in a task")
 
     def job_backpressured_consumer(self, rng) -> None:
+        """Two producers (they may take both CPUs and pause), then their consumers."""
         n = rng.randrange(20, 120)
-        try:
-            values = pygen.get(consume.remote(paced.remote(n)), timeout=T)
-        except WorkerCrashedError as exc:
-            assert "not retried" in str(exc), exc  # it had taken items: says why
-            self.outcomes["consumer not retried"] += 1
-            return
-        expect_all(values, n, "a backpressured generator consumed by a task")
+        producers = [paced.remote(n) for _ in range(2)]
+        consumers = [consume.remote(gen) for gen in producers]
+        del producers
+        for ref in consumers:
+            try:
+                values = pygen.get(ref, timeout=T)
+            except WorkerCrashedError as exc:
+                assert "not retried" in str(exc), exc  # it had taken items: says why
+                self.outcomes["consumer not retried"] += 1
+                continue
+            expect_all(values, n, "a backpressured generator consumed by a task")
 
     def job_actor_stream(self, rng) -> None:
         kind = rng.choice(sorted(self.actors))
