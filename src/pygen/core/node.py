@@ -439,7 +439,8 @@ class Node:
         return task
 
     def cancelled_error(self, task: Task, how: str = "") -> tuple:
-        return self.system_error(TaskCancelledError(f"task {task.spec.name} was cancelled{how}"))
+        return self.system_error(TaskCancelledError(
+            f"task {task.spec.name} was cancelled{task.cancel_stage}{how}"))
 
     def on_result(self, w: workers.WorkerHandle, msg: protocol.Result) -> None:
         task = self._ending(w, msg.task_id, msg.attempt, msg.seconds)
@@ -648,17 +649,20 @@ class Node:
             self.scheduler.enqueue(waiting, first=True)
         if task is None:
             return
+        # what it was doing: its status page (core/stages.py); a task queued behind the
+        # running one on this worker never started
+        stage = w.stage() if task is w.task else " before it started"
         if task.force:
             error = self.cancelled_error(task, " (its worker was killed)")
         elif w.oom is not None:
             error = self.system_error(OutOfMemoryError(
-                f"task {task.spec.name} was killed for using too much memory: "
+                f"task {task.spec.name} was killed for using too much memory{stage}: "
                 f"{describe_oom(w)}; give it a larger memory= option or "
                 f"worker_memory_limit=, or yield its results one by one (a generator)"
                 f"{self.scheduler.no_retry_reason(task)}"))
         else:
             error = self.system_error(WorkerCrashedError(
-                f"the worker (pid {w.pid}) running task {task.spec.name} died: it "
+                f"the worker (pid {w.pid}) running task {task.spec.name} died{stage}: it "
                 f"{w.describe_exit()}{self.scheduler.no_retry_reason(task)}"))
         self.scheduler.unassign(task)
         if not task.force and self.scheduler.should_retry(task):
@@ -706,11 +710,20 @@ class Node:
             for child in list(task.children):
                 self.cancel_locked(child, force, recursive)
         task.cancelled = True
+        w = task.worker
+        # where the cancel found it, for the error (a running task's status page)
+        if task.state in (WAITING, QUEUED) or w is None:
+            task.cancel_stage = " before it started"
+        elif not task.is_actor_call:
+            task.cancel_stage = w.stage() if w.task is task else " before it started"
+        elif w.actor is not None and w.actor.model == protocol.MODEL_SYNC:
+            # a sync actor runs its calls one by one, in the order they were sent
+            running = next(iter(w.actor.in_flight.values()), None)
+            task.cancel_stage = w.stage() if running is task else " before it started"
         error = self.cancelled_error(task)
         if task.state in (WAITING, QUEUED):
             self.fail(task, error)
             return
-        w = task.worker
         if w is None:
             return
         force = force and not task.is_actor_call  # from a worker: cancelled without force

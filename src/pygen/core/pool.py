@@ -217,6 +217,9 @@ class WorkerPool:
                 pass
         w.out_fds = []
         w.conn.close()
+        if w.status is not None:  # its status page (a mapping holds a descriptor)
+            # (the stage was read when its death was accounted for, just before)
+            w.status.close()
         try:
             os.close(w.pidfd)
         except OSError:

@@ -33,6 +33,7 @@ from .transport import SPIN_SECONDS, Connection, ConnectionClosed
 class WorkerClient:
     is_worker = True
     forked = False  # set in a forked child's copy (context._after_fork)
+    status: Any = None  # the status page (core/stages.py), set at start-up
 
     def __init__(self, conn: Connection, store: Any, worker_id: int) -> None:
         self.conn = conn
@@ -253,13 +254,15 @@ class WorkerClient:
             self._leave(ident)
 
     # -- objects ---------------------------------------------------------------------------------
-    def encode(self, value: Any, oid: bytes, *, error: bool = False) -> Tuple[tuple, List[bytes]]:
+    def encode(self, value: Any, oid: bytes, *, error: bool = False,
+               on_store: Optional[Callable[[], None]] = None) -> Tuple[tuple, List[bytes]]:
         """Serialize ``value``: inline payload, or written into the store under ``oid``."""
         if self.forked:
             self._refuse_in_fork()
         ident = self._enter()
         try:
-            return values.encode(value, oid, self.store, self._make_room, error=error)
+            return values.encode(value, oid, self.store, self._make_room, error=error,
+                                 on_store=on_store)
         finally:
             self._leave(ident)
 
