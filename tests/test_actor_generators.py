@@ -887,6 +887,89 @@ def test_cancel_or_close_of_a_generator_call_that_has_not_started(kind, how, tmp
     assert pygen.get(a.how_far.remote(), timeout=T) == 1   # count never ran
 
 
+def _install_cancel_delay(d: str) -> None:
+    """In the actor's process: its main thread, which reads the control channel, holds
+    back a Cancel it has read (touching ``cancel-read``) until the cancelled call's body
+    has started (``started``) or another thread waits for what the reader dispatches --
+    the widest form of the race in which a Cancel already in this process is not yet
+    dispatched when a pool thread (or the event loop) starts the call.  It also says
+    when it dispatched the Exec of ``count_started`` (``exec-read``)."""
+    client = pygen.context.current().client
+    dispatch = client.on_control
+    main = threading.main_thread().ident
+
+    def on_control(msg):
+        kind = type(msg).__name__
+        if kind == "Exec" and msg.method == "count_started":
+            dispatch(msg)
+            touch(os.path.join(d, "exec-read"))
+            return
+        if kind == "Cancel" and threading.get_ident() == main:
+            touch(os.path.join(d, "cancel-read"))
+            deadline = time.monotonic() + T
+            while (not os.path.exists(os.path.join(d, "started"))
+                   and not client._arrived._waiters and time.monotonic() < deadline):
+                time.sleep(0.001)
+        dispatch(msg)
+
+    client.on_control = on_control
+
+
+@pygen.remote
+class CancelRace:
+    def install(self, d):
+        _install_cancel_delay(d)
+
+    def block(self, gate, d):
+        touch(os.path.join(d, "waiting"))
+        wait_file(gate, T)
+
+    def count_started(self, d, n):
+        touch(os.path.join(d, "started"))
+        yield from range(n)
+
+
+@pygen.remote
+class AsyncCancelRace:
+    def install(self, d):
+        _install_cancel_delay(d)
+
+    async def block(self, gate, d):
+        touch(os.path.join(d, "waiting"))
+        await _until(gate)
+
+    def count_started(self, d, n):
+        touch(os.path.join(d, "started"))
+        yield from range(n)
+
+
+@pytest.mark.parametrize("kind", ["threaded", "async"])
+def test_a_cancel_already_in_the_actors_process_stops_a_call_before_it_starts(kind, tmp_path):
+    """The call's Exec and then its Cancel reached the actor's process while every slot
+    was busy; the Cancel is read but not yet dispatched when a slot frees.  The call
+    must catch up on what reached the process before it starts: it never runs.  (The
+    race made test_cancel_or_close_of_a_generator_call_that_has_not_started flaky.)"""
+    d, gate = str(tmp_path), str(tmp_path / "gate")
+    a = (CancelRace.options(max_concurrency=2) if kind == "threaded"
+         else AsyncCancelRace.options(max_concurrency=1)).remote()
+    pygen.get(a.install.remote(d), timeout=T)
+    slots = 2 if kind == "threaded" else 1
+    blockers = []
+    for i in range(slots):
+        os.makedirs(os.path.join(d, f"b{i}"))
+        blockers.append(a.block.remote(gate, os.path.join(d, f"b{i}")))
+        assert wait_file(os.path.join(d, f"b{i}", "waiting"), T)
+    gen = a.count_started.remote(d, 3)
+    assert wait_file(os.path.join(d, "exec-read"), T)
+    pygen.cancel(gen)
+    assert wait_file(os.path.join(d, "cancel-read"), T)
+    touch(gate)
+    values, error, after = values_until_error(gen)
+    assert values == [] and isinstance(error, TaskCancelledError) and after == [], (values, error)
+    assert not os.path.exists(os.path.join(d, "started"))
+    pygen.get(blockers, timeout=T)
+
+
 @pytest.mark.parametrize("kind", ["sync", "threaded", "async_gen"])
 def test_cancel_interrupts_a_generator_blocked_in_its_step(kind, tmp_path):
     """sync: the signal interrupts the step on the main thread; threaded: the error is

@@ -233,13 +233,15 @@ def test_a_killed_actors_name_is_free_again():
 
 
 def test_get_actor_from_a_task():
-    SyncCounter.options(name="seen-from-task").remote(41)
+    # the handle is kept: an actor whose every handle is gone ends (the unassigned handle
+    # of the first version made the test fail when the node dropped it before get_actor)
+    keep = SyncCounter.options(name="seen-from-task").remote(41)
 
     @pygen.remote
     def bump():
         return pygen.get(pygen.get_actor("seen-from-task").incr.remote())
 
-    keep = pygen.get_actor("seen-from-task")
+    assert pygen.get_actor("seen-from-task") is not None
     assert pygen.get(bump.remote(), timeout=T) == 42
     del keep
 

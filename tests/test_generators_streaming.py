@@ -903,6 +903,25 @@ def test_backpressure_with_the_consumer_in_another_task(tmp_path):
     assert pygen.get(consume_all.remote(gen), timeout=T) == list(range(50))
 
 
+@pygen.remote(generator_backpressure=1)
+def paced_producer(n):
+    yield from range(n)
+
+
+def test_paused_generators_lend_their_cpus_to_their_consumers():
+    """Two producers take both CPUs and pause at their first yield (backpressure 1); their
+    consumers are tasks waiting for a CPU.  A paused generator lends its CPU (as a task
+    waiting in get does) and takes it back when an item is taken, so nothing deadlocks
+    (found by the chaos suite: this waited for ever)."""
+    node = pygen.state._node()
+    assert wait_until(lambda: node.free_cpus == node.num_cpus)
+    producers = [paced_producer.remote(30) for _ in range(int(node.num_cpus))]
+    consumers = [consume_all.remote(gen) for gen in producers]
+    assert pygen.get(consumers, timeout=T) == [list(range(30))] * len(producers)
+    del producers
+    assert wait_until(lambda: node.free_cpus == node.num_cpus), node.free_cpus
+
+
 def test_deleting_a_paused_generator_stops_its_task(tmp_path):
     log = str(tmp_path / "log")
     gen = logging_producer.options(generator_backpressure=2).remote(log, str(tmp_path), 100)

@@ -126,28 +126,35 @@ class TaskError(PygenError):
     ``str()`` holds the remote traceback.  What ``get`` raises is built by
     :meth:`as_instanceof_cause`, so it is also an instance of the cause's class:
     ``except ValueError`` catches a remote ``ValueError``.
+
+    ``stage`` says where the error was raised when it was not in the task's own code:
+    "while loading its function", "while reading its arguments" (unpickling them in the
+    worker), "while the caller read its return value" (unpickling it in ``get``).
     """
 
     def __init__(self, function_name: str, traceback_str: str, cause: BaseException,
-                 pid: Optional[int] = None) -> None:
+                 pid: Optional[int] = None, stage: str = "") -> None:
         self.function_name = function_name
         self.traceback_str = traceback_str
         self.cause = cause
         self.pid = pid
+        self.stage = stage
         super().__init__(function_name, traceback_str, cause, pid)
 
     def __reduce__(self):
         cause: Any = self.cause
         if self.__dict__.get("_cause_by_state"):
             cause = _CauseByState(cause)
-        return (TaskError, (self.function_name, self.traceback_str, cause, self.pid))
+        return (TaskError, (self.function_name, self.traceback_str, cause, self.pid,
+                            self.__dict__.get("stage", "")))
 
     def with_cause_by_state(self) -> "TaskError":
         """A copy whose cause travels by state: rebuilt from its class, ``args`` and
         attributes without calling its ``__init__``.  For a cause that pickles but cannot
         be rebuilt by calling its class with its ``args`` (an ``__init__(self, a, b)``
         that passes one message up): it keeps its class, so ``except E`` catches it."""
-        err = TaskError(self.function_name, self.traceback_str, self.cause, self.pid)
+        err = TaskError(self.function_name, self.traceback_str, self.cause, self.pid,
+                        self.__dict__.get("stage", ""))
         err._cause_by_state = True
         return err
 
@@ -159,17 +166,19 @@ class TaskError(PygenError):
         else:
             name, message = type(cause).__name__, str(cause)
         message = message.splitlines()[0] if message else ""
-        headline = f"{name} in task {self.function_name}{where}" + (f": {message}" if message else "")
+        stage = self.__dict__.get("stage", "")
+        headline = (f"{name} in task {self.function_name}{where}" + (f" {stage}" if stage else "")
+                    + (f": {message}" if message else ""))
         return f"{headline}\n{self.traceback_str.rstrip()}"
 
     @classmethod
     def from_exception(cls, function_name: str, exc: BaseException,
-                       pid: Optional[int] = None) -> "TaskError":
-        """The TaskError of ``exc`` raised by task ``function_name``, with its traceback
-        (from the first frame of user code on)."""
+                       pid: Optional[int] = None, stage: str = "") -> "TaskError":
+        """The TaskError of ``exc`` raised by task ``function_name`` (``stage``: where, if
+        not in its own code), with its traceback (from the first frame of user code on)."""
         frames = _from_user_code(exc.__traceback__)
         tb = "".join(traceback.format_exception(type(exc), exc, frames))
-        return cls(function_name, tb, exc, pid)
+        return cls(function_name, tb, exc, pid, stage)
 
     def as_instanceof_cause(self) -> "TaskError":
         """A TaskError that is also an instance of ``type(self.cause)``.
@@ -204,6 +213,7 @@ class TaskError(PygenError):
         err.traceback_str = self.traceback_str
         err.cause = self.cause
         err.pid = self.pid
+        err.stage = self.__dict__.get("stage", "")
         return err
 
 

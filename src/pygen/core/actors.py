@@ -286,6 +286,9 @@ class ActorTable:
         self._unblock_all(actor)
         in_flight = list(actor.in_flight.values())
         actor.in_flight.clear()
+        # a sync actor runs its calls one by one: its status page says where the first
+        # one was (a threaded or async actor runs several: no one stage to tell)
+        running = in_flight[0] if in_flight and actor.model == protocol.MODEL_SYNC else None
         retried: List[Task] = []
         for call in in_flight:
             call.worker = None
@@ -296,8 +299,10 @@ class ActorTable:
                 call.state = QUEUED
                 retried.append(call)
             else:
+                stage = w.stage() if call is running else ""
                 self.node.fail(call, self._died_error(actor, call, in_flight=True,
-                                                      reason=reason, restarted=restart))
+                                                      reason=reason, restarted=restart,
+                                                      stage=stage))
         if restart:
             actor.queue.extendleft(reversed(retried))
             actor.restarts += 1
@@ -351,7 +356,8 @@ class ActorTable:
         self.node.objects.callbacks.extend(callbacks)
 
     def _died_error(self, actor: Optional[ActorState], call: Task, in_flight: bool,
-                    reason: Optional[str] = None, restarted: bool = False) -> tuple:
+                    reason: Optional[str] = None, restarted: bool = False,
+                    stage: str = "") -> tuple:
         if actor is None:
             text = (f"the actor of call {call.spec.name} is dead or does not exist (it "
                     f"belongs to another pygen session, or died long ago)")
@@ -359,8 +365,11 @@ class ActorTable:
             state = "died and is being restarted" if restarted else "is dead"
             text = f"{actor.describe()} {state}: {reason or actor.death}"
             if in_flight:
-                text += (f"; the call {call.spec.name} was in flight, so it may or may not "
-                         f"have run{self.node.scheduler.no_retry_reason(call)}")
+                where = (" (it had not started when the actor died)"
+                         if stage == " before it started"
+                         else f" (the actor died{stage})" if stage else "")
+                text += (f"; the call {call.spec.name} was in flight{where}, so it may or "
+                         f"may not have run{self.node.scheduler.no_retry_reason(call)}")
         return self.node.system_error(ActorDiedError(text))
 
     def kill(self, actor_id: bytes, no_restart: bool, done: Callable[[], None]) -> None:

@@ -13,7 +13,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .. import ids, serialization
-from ..exceptions import GetTimeoutError, ObjectLostError, raisable
+from ..exceptions import GetTimeoutError, ObjectLostError, TaskError, raisable
 from .node import Node
 from .objects import DRIVER
 from . import values
@@ -126,12 +126,31 @@ class DriverClient:
                 sources = self._sources(oids)
             assert sources is not None
         values = []
-        for source in sources:
-            flags, value = serialization.deserialize(source)
+        for oid, source in zip(oids, sources):
+            try:
+                flags, value = serialization.deserialize(source)
+            except Exception as exc:
+                raise self._read_error(oid, exc) from None
             if flags & serialization.FLAG_ERROR:
                 raise raisable(value)
             values.append(value)
         return values
+
+    def _read_error(self, oid: bytes, exc: Exception) -> BaseException:
+        """The error of a value the caller cannot unpickle (its class is not importable
+        here, its reconstructor raises): a TaskError naming the task that made it and
+        this stage, and also an instance of the original exception's class."""
+        kind = ids.kind_of(oid)
+        with self.node.lock:
+            name = self.node.tasks.name_of(ids.task_of(oid))
+        what = ("its return value" if kind in (ids.KIND_RETURN, ids.KIND_COMPLETION)
+                else "an item it yielded" if kind == ids.KIND_ITEM else "a value it made")
+        if kind == ids.KIND_PUT:
+            name, what = "pygen.put", f"the value of object {oid.hex()}"
+        elif name is None:  # a task finished long ago: name the object
+            name, what = f"(unknown) that made object {oid.hex()}", "it"
+        err = TaskError.from_exception(name, exc, None, f"while the caller read {what}")
+        return err.as_instanceof_cause()
 
     def _sources(self, oids: Sequence[bytes]) -> Optional[List[Any]]:
         """Under the node lock: each object's inline bytes or pinned store buffer, or None

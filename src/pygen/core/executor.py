@@ -46,7 +46,7 @@ from .. import ids, serialization
 from ..callables import is_generator_function
 from ..exceptions import (InconsistentRetryError, RemoteExceptionInfo, TaskCancelledError,
                           TaskError)
-from . import calls, output, protocol
+from . import calls, output, protocol, stages
 from .calls import Call
 from .protocol import DepArg
 from .transport import IDLE_SPIN_SECONDS
@@ -200,7 +200,26 @@ class Executor:
             self._forget(call)
             calls.leave(token)
 
+    def stage(self, call: Call, stage: int, index: Optional[int] = None) -> None:
+        """Write ``call``'s stage into the status page (main-thread calls only: see
+        core/stages.py); ``index``: 0 the return value, i + 1 item i."""
+        page = self.client.status
+        if page is not None and call.thread == self.main_thread:
+            page[0] = stage
+            if index is not None:
+                page[1] = index
+
+    def _storing(self) -> None:
+        """``encode``'s hook: a main-thread call's value is pickled, now it is stored."""
+        page = self.client.status
+        if page is not None and threading.get_ident() == self.main_thread:
+            page[0] = stages.STORING
+
+    def on_store(self, call: Call) -> Any:
+        return self._storing if call.thread == self.main_thread else None
+
     def _forget(self, call: Call) -> None:
+        self.stage(call, stages.IDLE)
         self.running.pop(call.task_id, None)
         self.cancelled.discard(call.task_id)
         self.closing.discard(call.task_id)
@@ -208,6 +227,12 @@ class Executor:
 
     def prepare(self, call: Call, msg: protocol.Exec, target: Any) -> Any:
         """(fn, args, kwargs) of a call, or None if it already failed (reported)."""
+        if threading.get_ident() != self.main_thread:
+            # a Cancel that reached this process before the call started must be seen
+            # now; the main thread, which reads the channel, may not have dispatched it
+            # yet.  (On the main thread itself the SIGUSR2 handler and the check below,
+            # before the body runs, see it.)
+            self.client.catch_up()
         if call.task_id in self.cancelled:  # cancelled while it waited to start
             call.cancelled = True
             self.fail(call, TaskCancelledError(f"task {call.name} was cancelled"))
@@ -218,11 +243,18 @@ class Executor:
             else:
                 fn = self.functions.get(msg.fn_id)
                 if fn is None:
+                    self.stage(call, stages.LOADING)
                     fn = self.functions[msg.fn_id] = cloudpickle.loads(msg.blob)
+        except BaseException as exc:
+            self.fail(call, exc, "while loading its function")
+            return None
+        try:
+            self.stage(call, stages.ARGS)
             args, kwargs = self.resolve_args(call.task_id, msg.args, msg.deps)
         except BaseException as exc:
-            self.fail(call, exc)
+            self.fail(call, exc, "while reading its arguments")
             return None
+        self.stage(call, stages.RUNNING)
         return fn, args, kwargs
 
     def _execute(self, call: Call, msg: protocol.Exec, target: Any) -> None:
@@ -314,19 +346,25 @@ class Executor:
                     f"task {call.name} has num_returns={k} but returned {got}"))
                 return
         returns = []
+        on_store = self.on_store(call)
         try:
             for i, value in enumerate(values):
-                payload, contained = self.client.encode(value, ids.return_id(call.task_id, i))
+                self.stage(call, stages.PICKLING, 0)
+                payload, contained = self.client.encode(value, ids.return_id(call.task_id, i),
+                                                        on_store=on_store)
                 returns.append((i, payload, contained))
         except BaseException as exc:  # e.g. an unpicklable return value
             self.fail(call, _could_not_store(exc, f"the return value of task {call.name}"))
             return
         del values, result
+        self.stage(call, stages.REPORTING)
         self.report(call, protocol.Result(call.task_id, call.attempt, returns, False,
                                           time.perf_counter() - call.started))
 
-    def error_payload(self, call: Call, exc: BaseException) -> Tuple[tuple, bool]:
-        """Encode the error for ``exc`` (always inline) and whether it may be retried."""
+    def error_payload(self, call: Call, exc: BaseException,
+                      stage: str = "") -> Tuple[tuple, bool]:
+        """Encode the error for ``exc`` (always inline) and whether it may be retried;
+        ``stage`` says where it was raised, when not in the task's own code."""
         if isinstance(exc, TaskCancelledError) and call.cancelled:
             err: BaseException = (TaskCancelledError(f"task {call.name} was cancelled")
                                   if isinstance(exc, _AsyncCancel) else exc)
@@ -334,7 +372,7 @@ class Executor:
         elif isinstance(exc, (TaskError, InconsistentRetryError)):
             err, retryable = exc, False
         else:
-            err = TaskError.from_exception(call.name, exc, self.pid)
+            err = TaskError.from_exception(call.name, exc, self.pid, stage)
             retryable = _matches(call.retry_exceptions, exc)
         try:
             sv = serialization.serialize_error(err)
@@ -343,13 +381,14 @@ class Executor:
             stand_in = RemoteExceptionInfo(f"{type(exc).__module__}.{type(exc).__qualname__}",
                                            str(exc))
             tb = err.traceback_str if isinstance(err, TaskError) else ""
-            sv = serialization.serialize(TaskError(call.name, tb, stand_in, self.pid), error=True)
+            sv = serialization.serialize(TaskError(call.name, tb, stand_in, self.pid, stage),
+                                         error=True)
         return (sv.flags, sv.to_bytes(), sv.total_size), retryable
 
-    def fail(self, call: Call, exc: BaseException) -> None:
+    def fail(self, call: Call, exc: BaseException, stage: str = "") -> None:
         if self.client.forked:
             raise exc  # a child the task forked is leaving (sys.exit...): its end, not the task's
-        payload, retryable = self.error_payload(call, exc)
+        payload, retryable = self.error_payload(call, exc, stage)
         seconds = time.perf_counter() - call.started
         if call.kind == protocol.RETURNS_STATIC:
             returns = [(i, payload, []) for i in range(call.num_returns)]
@@ -434,13 +473,17 @@ class Executor:
             elif held is not None and held[1][1] is None:
                 self.client.store.delete(held[0])  # stored, never reported: nobody sees it
         elif end_kind == protocol.END_RETURNED:
+            self.stage(call, stages.PICKLING, 0)
             try:
-                payload, contained = self.client.encode(value, ids.completion_id(call.task_id))
+                payload, contained = self.client.encode(value, ids.completion_id(call.task_id),
+                                                        on_store=self.on_store(call))
             except BaseException as exc:  # an unpicklable return value
                 end_kind, value = protocol.END_RAISED, _could_not_store(
                     exc, f"the return value of generator task {call.name}")
         if end_kind in (protocol.END_RAISED, protocol.END_CANCELLED):
             payload, retryable = self.error_payload(call, value)
+        else:
+            self.stage(call, stages.REPORTING, 0)
         self.report(call, protocol.End(call.task_id, call.attempt, count, payload, contained,
                                        retryable, end_kind, time.perf_counter() - call.started))
 
@@ -450,7 +493,7 @@ class GeneratorRun:
     (the sync loop here, the asyncio one of an async actor)."""
 
     __slots__ = ("ex", "call", "client", "is_async", "static", "k", "index", "held",
-                 "outcome", "batch", "next_check")
+                 "outcome", "batch", "next_check", "page", "on_store")
 
     def __init__(self, ex: Executor, call: Call, gen: Any) -> None:
         self.ex = ex
@@ -464,6 +507,9 @@ class GeneratorRun:
         self.outcome: Tuple[int, Any] = (protocol.END_RETURNED, None)
         self.batch = _ItemBatcher(ex.client, call, ex.flusher)
         self.next_check = 0.0
+        # the status page, if this call writes it (core/stages.py): written inline, per item
+        self.page = ex.client.status if call.thread == ex.main_thread else None
+        self.on_store = ex.on_store(call)
 
     def at_yield(self) -> bool:
         """The generator is paused at a yield (or has not started): True if it must stop
@@ -512,8 +558,12 @@ class GeneratorRun:
             return True
         oid = (ids.return_id(call.task_id, index) if self.static
                else ids.item_id(call.task_id, index, call.attempt))
+        page = self.page
+        if page is not None:
+            page[0] = stages.PICKLING
+            page[1] = index + 1
         try:
-            payload, contained = self.client.encode(value, oid)
+            payload, contained = self.client.encode(value, oid, on_store=self.on_store)
         except BaseException as exc:  # unpicklable item, store full: the stream ends here
             self.outcome = (protocol.END_RAISED,
                             _could_not_store(exc, f"item {index} of generator task {call.name}"))
@@ -521,7 +571,11 @@ class GeneratorRun:
         if self.static and index == self.k - 1:
             self.held = (oid, payload, contained)
         else:
+            if page is not None:
+                page[0] = stages.REPORTING
             self.batch.write(index, payload, contained)
+        if page is not None:
+            page[0] = stages.RUNNING  # (paused by backpressure, or about to step)
         self.index += 1
         return False
 
@@ -647,9 +701,15 @@ class _Flusher:
 
 def _could_not_store(exc: BaseException, what: str) -> BaseException:
     """``exc`` with the value named: a pickling error becomes a TypeError that says which
-    value could not be pickled; a full store keeps its own type (ObjectStoreFullError)."""
-    from ..exceptions import PygenError
+    value could not be pickled; a full store keeps its own type (ObjectStoreFullError)
+    and says what it was storing."""
+    from ..exceptions import ObjectStoreFullError, PygenError
 
+    if isinstance(exc, ObjectStoreFullError):  # the same error, saying what it was storing
+        full = ObjectStoreFullError(f"could not store {what}: {exc}", exc.requested,
+                                    exc.available)
+        full.__cause__ = exc
+        return full
     if isinstance(exc, PygenError) or not isinstance(exc, Exception):
         return exc
     err = TypeError(f"could not pickle {what}: {type(exc).__name__}: {exc}")

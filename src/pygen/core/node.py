@@ -439,7 +439,8 @@ class Node:
         return task
 
     def cancelled_error(self, task: Task, how: str = "") -> tuple:
-        return self.system_error(TaskCancelledError(f"task {task.spec.name} was cancelled{how}"))
+        return self.system_error(TaskCancelledError(
+            f"task {task.spec.name} was cancelled{task.cancel_stage}{how}"))
 
     def on_result(self, w: workers.WorkerHandle, msg: protocol.Result) -> None:
         task = self._ending(w, msg.task_id, msg.attempt, msg.seconds)
@@ -629,6 +630,15 @@ class Node:
         """Account for a dead worker (under the lock; the pool calls this)."""
         if w.slot is not None:
             self._reclaim_slot(w.slot, w.pid)
+        else:
+            # it died before its Hello (still starting): it may have attached the store
+            # already, and the slot it took is found by its pid
+            try:
+                held = [slot for slot, pid in self.store.slots() if pid == w.pid]
+            except Exception:
+                held = []
+            for slot in held:
+                self._reclaim_slot(slot, w.pid)
         self.objects.drop_process(w.id)
         if w.actor is not None:
             self.actors.worker_died(w)
@@ -639,17 +649,20 @@ class Node:
             self.scheduler.enqueue(waiting, first=True)
         if task is None:
             return
+        # what it was doing: its status page (core/stages.py); a task queued behind the
+        # running one on this worker never started
+        stage = w.stage() if task is w.task else " before it started"
         if task.force:
             error = self.cancelled_error(task, " (its worker was killed)")
         elif w.oom is not None:
             error = self.system_error(OutOfMemoryError(
-                f"task {task.spec.name} was killed for using too much memory: "
+                f"task {task.spec.name} was killed for using too much memory{stage}: "
                 f"{describe_oom(w)}; give it a larger memory= option or "
                 f"worker_memory_limit=, or yield its results one by one (a generator)"
                 f"{self.scheduler.no_retry_reason(task)}"))
         else:
             error = self.system_error(WorkerCrashedError(
-                f"the worker (pid {w.pid}) running task {task.spec.name} died: it "
+                f"the worker (pid {w.pid}) running task {task.spec.name} died{stage}: it "
                 f"{w.describe_exit()}{self.scheduler.no_retry_reason(task)}"))
         self.scheduler.unassign(task)
         if not task.force and self.scheduler.should_retry(task):
@@ -697,11 +710,20 @@ class Node:
             for child in list(task.children):
                 self.cancel_locked(child, force, recursive)
         task.cancelled = True
+        w = task.worker
+        # where the cancel found it, for the error (a running task's status page)
+        if task.state in (WAITING, QUEUED) or w is None:
+            task.cancel_stage = " before it started"
+        elif not task.is_actor_call:
+            task.cancel_stage = w.stage() if w.task is task else " before it started"
+        elif w.actor is not None and w.actor.model == protocol.MODEL_SYNC:
+            # a sync actor runs its calls one by one, in the order they were sent
+            running = next(iter(w.actor.in_flight.values()), None)
+            task.cancel_stage = w.stage() if running is task else " before it started"
         error = self.cancelled_error(task)
         if task.state in (WAITING, QUEUED):
             self.fail(task, error)
             return
-        w = task.worker
         if w is None:
             return
         force = force and not task.is_actor_call  # from a worker: cancelled without force
@@ -732,6 +754,39 @@ class Node:
         task = self.tasks.get(stream.task_id)
         if task is not None and task.worker is not None:
             self.outbox.send(task.worker, protocol.Ack(stream.task_id, stream.handed_out))
+
+    def backpressure_changed(self, stream: StreamState) -> None:
+        """A backpressured stream's untaken items changed: lend or take back its CPUs.
+
+        A generator paused at a yield by ``generator_backpressure`` waits for a consumer,
+        as a task blocked in ``get`` does, so it lends its CPUs meanwhile: with two CPUs,
+        two paused producers whose consumers are tasks waiting for a CPU would otherwise
+        deadlock.  The node's view is exact enough: when ``pending >= backpressure`` here,
+        the worker (which sees at most as many Acks) is paused or pauses at its next
+        check; the CPUs are taken back when an item is taken, i.e. when the Ack that
+        resumes it is sent, before it runs again.
+        """
+        task = self.tasks.get(stream.task_id)
+        w = task.worker if task is not None else None
+        running = w is not None and (task.is_actor_call or w.task is task)
+        paused = (running and stream.paused_by_backpressure() and not stream.closed
+                  and not stream.abandoned and not stream.close_sent)
+        lent = stream.lent_on
+        if lent is not None and (not paused or lent is not w):
+            stream.lent_on = None
+            if lent is w:  # still running it: take the CPUs back (else unassign settled it)
+                if task.is_actor_call:
+                    self.actors.call_unblocked(task)
+                else:
+                    self.scheduler.unblock(w)
+        if paused and stream.lent_on is None:
+            stream.lent_on = w
+            if task.is_actor_call:
+                self.actors.call_blocked(task)
+            else:
+                if self.scheduler.block(w):
+                    self.reclaim(w)
+                self.dispatch()
 
     def stop_stream_task(self, stream: StreamState) -> None:
         """Nobody can consume the stream any more: stop its task at its next yield."""

@@ -18,6 +18,7 @@ import collections
 import itertools
 import math
 import os
+import signal
 import sys
 import time
 from typing import TYPE_CHECKING, Callable, Deque, Dict, Iterator, List, Optional
@@ -38,8 +39,9 @@ MAX_EXTRA_WORKERS = 64
 # allocating at ~1 GB/s overshoots its limit by at most ~50 MB before it is killed.
 MEMORY_POLL_INTERVAL = 0.05
 _EXIT = protocol.Exit()
-# Workers dying before they are up, in a row, after which queued tasks fail instead of
-# being retried on yet another new worker (the environment cannot start one).
+# Workers dying by themselves before they are up (exit, crash; a SIGKILL from outside is
+# not counted), in a row, after which queued tasks fail instead of being retried on yet
+# another new worker (the environment cannot start one).
 MAX_FAILED_STARTS = 3
 
 
@@ -63,6 +65,13 @@ class WorkerPool:
         """Live workers that run plain tasks (not actors')."""
         return (w for w in self.workers.values()
                 if w.actor is None and w.state != workers.DEAD)
+
+    def up_count(self) -> int:
+        """Workers for plain tasks that are up (idle or busy).  One still starting is
+        counted in ``starting`` instead (counting it here too left the pool one short
+        when a worker died while its replacement was starting)."""
+        return sum(1 for w in self.workers.values()
+                   if w.actor is None and w.state in (workers.IDLE, workers.BUSY))
 
     def has_idle(self) -> bool:
         return bool(self._idle)
@@ -148,8 +157,7 @@ class WorkerPool:
         self.node.dispatch()
 
     def _replace_if_short(self) -> None:
-        alive = sum(1 for _ in self.task_workers())
-        if alive + self.starting - len(self._wanted) < self.size:
+        if self.up_count() + self.starting - len(self._wanted) < self.size:
             self._spawn_soon()
 
     # -- output -----------------------------------------------------------------------------
@@ -209,6 +217,9 @@ class WorkerPool:
                 pass
         w.out_fds = []
         w.conn.close()
+        if w.status is not None:  # its status page (a mapping holds a descriptor)
+            # (the stage was read when its death was accounted for, just before)
+            w.status.close()
         try:
             os.close(w.pidfd)
         except OSError:
@@ -245,7 +256,10 @@ class WorkerPool:
         self.workers.pop(w.id, None)
         if was_starting:
             self.starting -= 1
-            self.failed_starts += 1
+            if not w.killed_by(signal.SIGKILL):
+                # a SIGKILL comes from outside (a user, the OOM killer, a test), not from
+                # an environment in which a worker cannot start: that one is replaced
+                self.failed_starts += 1
         node = self.node
         node.worker_died(w)
         if node.closed:
@@ -257,8 +271,7 @@ class WorkerPool:
                 f"{self.failed_starts} new worker processes died while starting, the last "
                 f"(pid {w.pid}) {w.describe_exit()}; its output above says why")
             return
-        alive = sum(1 for _ in self.task_workers())
-        if (alive + self.starting - len(self._wanted) < self.size
+        if (self.up_count() + self.starting - len(self._wanted) < self.size
                 or (node.scheduler.ready and not self.starting)
                 or (self._wanted and self.starting < len(self._wanted))):
             self._spawn_soon()  # the worker is replaced
@@ -273,7 +286,7 @@ class WorkerPool:
                 return
             now = time.monotonic()
             plain = list(self.task_workers())
-            extra = len(plain) - self.size
+            extra = self.up_count() - self.size
             for w in sorted(plain, key=lambda x: x.idle_since):
                 if extra <= 0:
                     break

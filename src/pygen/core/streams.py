@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 class StreamState:
     __slots__ = ("task_id", "pending", "produced", "handed_out", "ended", "abandoned",
                  "closed", "attempt", "backpressure", "waiters", "dynamic", "close_sent",
-                 "name", "parent", "all_items")
+                 "name", "parent", "all_items", "lent_on")
 
     def __init__(self, task_id: bytes, backpressure: int, dynamic: bool, name: str = "",
                  parent: Optional[bytes] = None) -> None:
@@ -54,6 +54,8 @@ class StreamState:
         # a dynamic generator's value lists every item, so its stream keeps them all
         self.all_items: Optional[List[bytes]] = [] if dynamic else None
         self.close_sent = False
+        # the worker whose CPUs were lent out while this stream is paused by backpressure
+        self.lent_on: Optional[object] = None
 
     def has_next(self) -> bool:
         """Whether ``next`` would not block: an item is waiting or the stream is over."""
@@ -110,6 +112,8 @@ class StreamTable:
                 stream.handed_out += 1
         if keep:
             self.wake(stream)
+        if stream.backpressure:
+            self.node.backpressure_changed(stream)
 
     def new_attempt(self, stream: StreamState, attempt: int) -> None:
         """A retry: items of the failed attempt that nobody took are replaced by the new
@@ -121,9 +125,12 @@ class StreamTable:
         self.objects.release_internal(stale)
         stream.produced = stream.handed_out
         stream.attempt = attempt
+        if stream.backpressure:
+            self.node.backpressure_changed(stream)
 
     def end(self, stream: StreamState) -> None:
         stream.ended = True
+        stream.lent_on = None  # the task left its worker (Scheduler.unassign settled it)
         self.wake(stream)
         if stream.finished:
             self.streams.pop(stream.task_id, None)
@@ -142,6 +149,7 @@ class StreamTable:
             self.objects.release_one(oid)
             if stream.backpressure:
                 self.node.ack_stream(stream)
+                self.node.backpressure_changed(stream)
             return True, oid
         if stream.ended or stream.closed:
             return True, None
@@ -175,6 +183,8 @@ class StreamTable:
         stream.pending.clear()
         stream.handed_out += len(unclaimed)
         self.objects.release_internal(unclaimed)
+        if stream.backpressure:
+            self.node.backpressure_changed(stream)
 
     def wake(self, stream: StreamState) -> None:
         if stream.waiters:

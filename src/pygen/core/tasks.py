@@ -31,7 +31,7 @@ FINISHED_TASK_HISTORY = 1000
 class Task:
     __slots__ = ("spec", "owner", "parent", "children", "state", "attempt", "worker",
                  "pending_deps", "kept", "cancelled", "force", "stream", "reported",
-                 "submitted", "ended_as", "error", "took_from")
+                 "submitted", "ended_as", "error", "took_from", "cancel_stage")
 
     def __init__(self, spec: TaskSpec, owner: int, parent: Optional[bytes]) -> None:
         self.spec = spec
@@ -53,6 +53,7 @@ class Task:
         # a streaming generator this task did not start and took items from: a new attempt
         # could not see those items again, so the task is not retried
         self.took_from: Optional[str] = None
+        self.cancel_stage = ""            # where a cancel found it (" while running"...)
 
     @property
     def is_actor_call(self) -> bool:
@@ -111,6 +112,16 @@ class TaskTable:
         self.history.append(FinishedTask(spec.task_id, spec.name, how, task.attempt,
                                          task.cancelled, task.error, spec.returns_kind,
                                          spec.num_returns))
+
+    def name_of(self, task_id: bytes) -> Optional[str]:
+        """The name of a live or recently finished task (for error messages)."""
+        task = self.live.get(task_id)
+        if task is not None:
+            return task.spec.name
+        for finished in reversed(self.history):
+            if finished.task_id == task_id:
+                return finished.name
+        return None
 
     def __getitem__(self, task_id: bytes) -> Task:
         return self.live[task_id]

@@ -162,6 +162,11 @@ class Connection:
             del buf[:pos]
         return out
 
+    def readable(self) -> bool:
+        """Whether bytes are waiting in the socket now (never blocks; any thread: the
+        shared poll object may be in use by the reader)."""
+        return bool(select.select([self.fd], [], [], 0)[0])
+
     def wait_readable(self, timeout: Optional[float], spin: float = SPIN_SECONDS) -> bool:
         """Block until the socket is readable or ``timeout`` passes (None: forever)."""
         poll = self._poller.poll

@@ -8,7 +8,7 @@ for scalars and the spilling retries are decided once.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, List, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 from .. import serialization
 from ..exceptions import ObjectStoreFullError
@@ -33,8 +33,10 @@ def store_with_room(sv: serialization.SerializedValue, store: Any, oid: bytes,
 
 
 def encode(value: Any, oid: bytes, store: Any, make_room: Callable[[int], bool], *,
-           error: bool = False) -> Tuple[tuple, List[bytes]]:
-    """(payload, contained refs) of ``value``; large values are written under ``oid``."""
+           error: bool = False, on_store: Optional[Callable[[], None]] = None
+           ) -> Tuple[tuple, List[bytes]]:
+    """(payload, contained refs) of ``value``; large values are written under ``oid``
+    (``on_store`` is called first: pickling is done, storing begins)."""
     if not error and type(value) in serialization.SCALARS:
         data = serialization.encode_small(value)
         if data is not None:
@@ -42,5 +44,7 @@ def encode(value: Any, oid: bytes, store: Any, make_room: Callable[[int], bool],
     sv = serialization.serialize(value, error=error)
     if sv.total_size < serialization.INLINE_THRESHOLD:
         return (sv.flags, sv.to_bytes(), sv.total_size), sv.contained_refs
+    if on_store is not None:
+        on_store()
     store_with_room(sv, store, oid, make_room)
     return (sv.flags, None, sv.total_size), sv.contained_refs

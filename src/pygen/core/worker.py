@@ -24,14 +24,14 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def main() -> None:
-    from .workers import SOCK_FD, STORE_FD
+    from .workers import SOCK_FD, STATUS_FD, STORE_FD
 
     _die_with_parent(int(os.environ["PYGEN_PARENT_PID"]))
     # posix_spawn passes on every inheritable descriptor of the driver (its own parent's
     # pipes, say): keep only ours, so a reader waiting for EOF on such a pipe is not held up
     # by workers.  Nothing a task starts may inherit the control socket or the arena.
-    os.closerange(STORE_FD + 1, os.sysconf("SC_OPEN_MAX"))
-    for fd in (SOCK_FD, STORE_FD):
+    os.closerange(STATUS_FD + 1, os.sysconf("SC_OPEN_MAX"))
+    for fd in (SOCK_FD, STORE_FD, STATUS_FD):
         os.set_inheritable(fd, False)
     for path in reversed(json.loads(os.environ.get("PYGEN_SYS_PATH", "[]"))):
         if path not in sys.path:
@@ -39,7 +39,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the driver
 
     from .. import _store, context
-    from . import output, protocol
+    from . import output, protocol, stages
     from .executor import Executor, install_cancel_signal
     from .local_runtime import LocalRuntime
     from .transport import Connection
@@ -51,6 +51,7 @@ def main() -> None:
     store = _store.Store.attach_fd(STORE_FD)
     conn = Connection(socket.socket(fileno=SOCK_FD))
     client = WorkerClient(conn, store, worker_id)
+    client.status = stages.attach(STATUS_FD)
     context.set_current(LocalRuntime(client))
     executor = Executor(client)
     install_cancel_signal(executor)

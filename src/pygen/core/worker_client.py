@@ -33,6 +33,7 @@ from .transport import SPIN_SECONDS, Connection, ConnectionClosed
 class WorkerClient:
     is_worker = True
     forked = False  # set in a forked child's copy (context._after_fork)
+    status: Any = None  # the status page (core/stages.py), set at start-up
 
     def __init__(self, conn: Connection, store: Any, worker_id: int) -> None:
         self.conn = conn
@@ -46,6 +47,7 @@ class WorkerClient:
         self._reader = threading.Lock()
         self._arrived = threading.Condition(threading.Lock())
         self._dispatched = 0  # reads done by whichever thread held the reader lock
+        self._reading = False  # the reader has taken bytes and is dispatching them
         self._counts: Dict[bytes, int] = {}
         self._counts_lock = threading.Lock()
         self._added: List[bytes] = []
@@ -176,23 +178,57 @@ class WorkerClient:
                 self._read_locked()
             finally:
                 self._reader.release()
-            # wake threads waiting for a reply this read may have brought; this may run in
-            # the signal handler, interrupting a thread that holds the condition: never block
-            if self._arrived.acquire(blocking=False):
+            self._notify_readers()
+
+    def catch_up(self) -> None:
+        """Dispatch every control message that reached this process before this call.
+
+        A call about to start on a thread that is not the reader's (an actor's pool
+        thread, its event loop) checks whether it was cancelled or closed; its Cancel
+        may be in the socket, or read by the main thread and not yet dispatched.  Read
+        it here, or wait while the thread that reads dispatches it: one full read that
+        began after this call started has seen everything that was there (a reader
+        holds the lock while it waits in poll, and wakes as soon as bytes arrive).
+        """
+        start = self._dispatched
+        while True:
+            if self._reader.acquire(blocking=False):
                 try:
-                    self._dispatched += 1
-                    self._arrived.notify_all()
+                    self._read_locked()
                 finally:
-                    self._arrived.release()
+                    self._reader.release()
+                self._notify_readers()
+                return
+            if self._dispatched >= start + 2 or (not self._reading and not self.conn.readable()):
+                return  # another thread reads, and it has nothing (more) to dispatch
+            seen = self._dispatched
+            with self._arrived:
+                if self._dispatched == seen:
+                    self._arrived.wait(0.01)
+
+    def _notify_readers(self) -> None:
+        # wake threads waiting for a reply this read may have brought; this may run in
+        # the signal handler, interrupting a thread that holds the condition: never block
+        if self._arrived.acquire(blocking=False):
+            try:
+                self._dispatched += 1
+                self._arrived.notify_all()
+            finally:
+                self._arrived.release()
 
     def _read_locked(self) -> None:
         if self.forked:
             self._refuse_in_fork()
+        self._reading = True
         try:
-            msgs = self.conn.read_messages()
+            self._dispatch(self.conn.read_messages())
         except ConnectionClosed:
             # the node is gone: nothing this process does matters any more
             os._exit(1)
+        finally:
+            self._reading = False
+
+    def _dispatch(self, msgs: List[Any]) -> None:
         for msg in msgs:
             kind = type(msg)
             if kind is protocol.Reply:
@@ -218,13 +254,15 @@ class WorkerClient:
             self._leave(ident)
 
     # -- objects ---------------------------------------------------------------------------------
-    def encode(self, value: Any, oid: bytes, *, error: bool = False) -> Tuple[tuple, List[bytes]]:
+    def encode(self, value: Any, oid: bytes, *, error: bool = False,
+               on_store: Optional[Callable[[], None]] = None) -> Tuple[tuple, List[bytes]]:
         """Serialize ``value``: inline payload, or written into the store under ``oid``."""
         if self.forked:
             self._refuse_in_fork()
         ident = self._enter()
         try:
-            return values.encode(value, oid, self.store, self._make_room, error=error)
+            return values.encode(value, oid, self.store, self._make_room, error=error,
+                                 on_store=on_store)
         finally:
             self._leave(ident)
 

@@ -6,6 +6,8 @@ the driver, whose threads and locks a child must not inherit) in its own process
 
     0 /dev/null   1, 2 pipes to the node (output forwarding)   3 its control socket (SOCK_FD)
     4 the object store segment (STORE_FD) (already unlinked: only descriptors keep it alive)
+    5 its status page (STATUS_FD: which stage of its call it is in, see ``stages``); the
+      worker maps it and closes the descriptor
 
 and sets PR_SET_PDEATHSIG itself, so it dies with the thread that spawned it: the
 node's I/O thread, which lives exactly as long as the node.  That is what leaves no
@@ -22,10 +24,12 @@ import signal
 import sys
 from typing import Any, Deque, Optional
 
+from . import stages
 from .transport import Connection, socket_pair
 
 SOCK_FD = 3
 STORE_FD = 4
+STATUS_FD = 5
 
 IDLE, BUSY, STARTING, EXITING, DEAD = "idle", "busy", "starting", "exiting", "dead"
 
@@ -57,6 +61,11 @@ class WorkerHandle:
         self.idle_since = 0.0
         self.fds_closed = False
         self.flushed_at = 0.0                # when the node last wrote to it (Outbox)
+        self.status: Any = None             # its status page (stages): what it is doing
+
+    def stage(self) -> str:
+        """What its running call was doing, as a phrase (" while pickling item 3")."""
+        return stages.describe(self.status)
 
     @property
     def task(self) -> Any:
@@ -87,6 +96,10 @@ class WorkerHandle:
         if os.WIFEXITED(status):
             return f"exited with code {os.WEXITSTATUS(status)}"
         return "exited"
+
+    def killed_by(self, sig: int) -> bool:
+        status = self.exit_status
+        return status is not None and os.WIFSIGNALED(status) and os.WTERMSIG(status) == sig
 
     def try_reap(self) -> bool:
         """Whether the process has exited (reaping it if it just did)."""
@@ -135,7 +148,8 @@ def spawn(wid: int, store_fd: int, log_to_driver: bool,
     env["PYTHONUNBUFFERED"] = "1"
     # The dup2 actions run in order, so a source must not sit on a later target (the
     # driver's own store fd is often 3): move every source above the target range first.
-    sources = [null, out_w, err_w, child.fileno(), store_fd]
+    status_fd, status = stages.new_page()
+    sources = [null, out_w, err_w, child.fileno(), store_fd, status_fd]
     high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in sources]
     actions = [(os.POSIX_SPAWN_DUP2, src, target) for target, src in enumerate(high)]
     argv = [sys.executable, "-c", "from pygen.core.worker import main; main()"]
@@ -146,12 +160,15 @@ def spawn(wid: int, store_fd: int, log_to_driver: bool,
             os.close(fd)
         child.close()
         os.close(null)
+        os.close(status_fd)
         os.close(out_w)
         if err_w != out_w:
             os.close(err_w)
     pidfd = os.pidfd_open(pid)
     os.set_inheritable(pidfd, False)
-    return WorkerHandle(wid, pid, Connection(parent), pidfd, out_fds, default_memory_limit)
+    w = WorkerHandle(wid, pid, Connection(parent), pidfd, out_fds, default_memory_limit)
+    w.status = status
+    return w
 
 
 def kill(pid: int) -> None:
