@@ -1,5 +1,6 @@
-"""Measuring helpers: the pipe round trip floor, a sampler of a worker's private memory,
-the processes below this one, and the facts of the machine recorded with every run."""
+"""Measuring helpers: the round trip floors (a raw socket echo, a ``multiprocessing.Pipe``),
+a sampler of a worker's private memory, the processes below this one, and the facts of
+the machine recorded with every run."""
 from __future__ import annotations
 
 import os
@@ -11,7 +12,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional
 
-from .tasks import rss_anon_kb
+from .tasks import pipe_echo, rss_anon_kb
 
 ECHO_CHILD = r"""
 import socket, sys
@@ -53,6 +54,36 @@ class PipeEcho:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+class PipeRoundTrip:
+    """``multiprocessing.Pipe`` ping-pong with a child process (spawned: a fresh
+    interpreter, nothing inherited): ``send(i)`` then ``recv()``, a small int pickled each
+    way.  The floor of an actor call made one at a time: one message there, one back, in
+    Python, with nothing else (no ids, no store, no scheduling)."""
+
+    def __init__(self) -> None:
+        import multiprocessing
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, theirs = ctx.Pipe()
+        self.proc = ctx.Process(target=pipe_echo, args=(theirs,), daemon=True)
+        self.proc.start()
+        theirs.close()
+        self.round_trips(100)  # the child is up and its loop warm
+
+    def round_trips(self, n: int) -> None:
+        send, recv = self.conn.send, self.conn.recv
+        for i in range(n):
+            send(i)
+            if recv() != i:
+                raise AssertionError("the pipe's child sent back something else")
+
+    def close(self) -> None:
+        self.conn.close()   # the child's recv raises EOFError: it returns
+        self.proc.join(timeout=5)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
 
 
 class RssSampler:

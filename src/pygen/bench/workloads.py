@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import tasks
-from .measure import PipeEcho, RssSampler
+from .measure import PipeEcho, PipeRoundTrip, RssSampler
 
 MB = 1_000_000
 PAGE = 4096
@@ -95,10 +95,14 @@ class Workload:
         return self.title.format(n=f"{s.n:,}", mb=f"{s.nbytes // MB:,}")
 
 
-# Columns: pygen first, Ray, the other ways to run Python in processes, then the floors.
+# Columns: pygen first, Ray, the other ways to run Python in processes, then the floors
+# (what no runtime can beat: a copy, a round trip, a bare interpreter, fresh shared pages).
 PYGEN, RAY, MP, JOBLIB = "pygen", "Ray", "multiprocessing", "joblib"
-NUMPY_COPY, PIPE, PYTHON_START = "numpy copy", "pipe round trip", "python start"
-COLUMNS = (PYGEN, RAY, MP, JOBLIB, NUMPY_COPY, PIPE, PYTHON_START)
+NUMPY_COPY, PIPE, SOCKET, PYTHON_START = ("numpy copy", "pipe round trip", "socket round trip",
+                                          "python start")
+FRESH_SHM_2, FRESH_SHM_1 = "fresh shm write, 2 threads", "fresh shm write, 1 thread"
+FLOORS = (NUMPY_COPY, PIPE, SOCKET, PYTHON_START, FRESH_SHM_2, FRESH_SHM_1)
+COLUMNS = (PYGEN, RAY, MP, JOBLIB) + FLOORS
 
 
 # == figures ===================================================================================
@@ -186,9 +190,16 @@ def _serial_calls(env: Any, size: Size) -> Trial:
     return Trial(run, per_second(n))
 
 
-def _pipe(env: Any, size: Size) -> Trial:
+def _socket(env: Any, size: Size) -> Trial:
+    """32 bytes there and back over a socketpair, raw (no pickling, no framing)."""
     echo = PipeEcho()
     return Trial(lambda: echo.round_trips(size.n), per_second(size.n), close=echo.close)
+
+
+def _pipe(env: Any, size: Size) -> Trial:
+    """``multiprocessing.Pipe`` ping-pong with a child process: send(i), recv()."""
+    pipe = PipeRoundTrip()
+    return Trial(lambda: pipe.round_trips(size.n), per_second(size.n), close=pipe.close)
 
 
 def _bulk(api: Any, size: Size) -> Trial:
@@ -212,10 +223,17 @@ def _bulk_map(env: Any, size: Size) -> Trial:
 
 # == generators ===============================================================================
 def _stream_items(api: Any, size: Size) -> Trial:
-    f, get, n = api.remote(tasks.count), api.get, size.n
+    return _consume_stream(api.remote(tasks.count).remote, api.get, size)
+
+
+def _consume_stream(start: Callable[[int], Any], get: Callable[[Any], Any], size: Size,
+                    close: Optional[Callable[[], None]] = None) -> Trial:
+    """``next`` + ``get`` of each of the n small ints ``start(n)``'s generator yields, and
+    its end; warmed by a stream of 1,000 first (the function registered, the path warm)."""
+    n = size.n
 
     def consume(n: int = n) -> None:
-        gen = f.remote(n)
+        gen = start(n)
         total = 0
         for _ in range(n):
             total += get(next(gen))
@@ -227,8 +245,8 @@ def _stream_items(api: Any, size: Size) -> Trial:
             raise AssertionError("the stream did not end after its last item")
         assert total == n * (n - 1) // 2
 
-    consume(min(n, 1_000))  # the function registered, the path warm
-    return Trial(consume, per_second(n))
+    consume(min(n, 1_000))
+    return Trial(consume, per_second(n), close=close)
 
 
 def _stream_items_mp(env: Any, size: Size) -> Trial:
@@ -321,6 +339,49 @@ def _numpy_copy(env: Any, size: Size) -> Trial:
     for _ in range(3):
         np.copyto(dst, src)
     return Trial(lambda: np.copyto(dst, src), gb_per_second(size.nbytes))
+
+
+# == actors ===================================================================================
+def _actor(api: Any, cls: type) -> Tuple[Any, Callable[[], None]]:
+    """A new actor of ``cls`` (its process up: one call answered) and how to end it."""
+    handle = api.remote(cls).remote()
+    assert api.get(handle.noop.remote(0)) == 0
+
+    def end() -> None:
+        api.kill(handle)
+    return handle, end
+
+
+def _actor_serial(api: Any, size: Size) -> Trial:
+    a, end = _actor(api, tasks.Echo)
+    f, get, n = a.noop.remote, api.get, size.n
+    for i in range(200):
+        get(f(i))
+
+    def run() -> None:
+        for i in range(n):
+            get(f(i))
+    return Trial(run, per_second(n), close=end)
+
+
+def _actor_bulk(cls: type) -> Callable[[Any, Size], Trial]:
+    def make(api: Any, size: Size) -> Trial:
+        a, end = _actor(api, cls)
+        f, get, n = a.noop.remote, api.get, size.n
+        get([f(i) for i in range(1_000)])
+
+        def run() -> None:
+            refs = [f(i) for i in range(n)]
+            assert get(refs)[-1] == n - 1
+        return Trial(run, per_second(n), close=end)
+    return make
+
+
+def _actor_stream(cls: type) -> Callable[[Any, Size], Trial]:
+    def make(api: Any, size: Size) -> Trial:
+        a, end = _actor(api, cls)
+        return _consume_stream(a.count.remote, api.get, size, close=end)
+    return make
 
 
 # == memory: the seed's pattern (a list of large arrays vs a generator of them) =================
@@ -541,10 +602,11 @@ WORKLOADS: List[Workload] = [
              Size(n=2_000, rounds=10, slow_rounds=3),
              Size(n=500, rounds=3, slow_rounds=1),
              _both(_serial) + (Side(MP, "multiprocessing", _serial_calls),
-                               Side(PIPE, "plain", _pipe)),
+                               Side(PIPE, "plain", _pipe), Side(SOCKET, "plain", _socket)),
              goal=">= 10x Ray",
-             note="multiprocessing: pool.apply; the floor is a 32-byte round trip between two "
-                  "processes over a socketpair"),
+             note="multiprocessing: pool.apply; the floors: a multiprocessing.Pipe ping-pong "
+                  "with a child process (send(i), recv()), and 32 bytes there and back over a "
+                  "raw socketpair"),
     Workload("tasks_bulk", "{n} tasks submitted, then one get", "/s", True,
              Size(n=10_000, rounds=5, slow_rounds=3, slow_warmup=1),
              Size(n=2_000, rounds=3, slow_rounds=1),
@@ -564,6 +626,32 @@ WORKLOADS: List[Workload] = [
              Size(n=1, rounds=30, slow_rounds=10, warmup=0, slow_warmup=0),
              _both(_first_item) + (Side(MP, "multiprocessing", _first_item_mp),),
              goal=">= 10x sooner than Ray"),
+    Workload("actor_serial", "actor calls one at a time: get(a.f.remote(i)), {n} a round", "/s",
+             True,
+             Size(n=2_000, rounds=10, slow_rounds=3),
+             Size(n=500, rounds=3, slow_rounds=1),
+             _both(_actor_serial) + (Side(PIPE, "plain", _pipe), Side(SOCKET, "plain", _socket)),
+             goal=">= 10x Ray; within 1.5x of the pipe round trip",
+             note="one sync actor, a no-op method; the floors as for tasks one at a time"),
+    Workload("actor_bulk", "{n} actor calls submitted, then one get", "/s", True,
+             Size(n=10_000, rounds=5, slow_rounds=3, slow_warmup=1),
+             Size(n=2_000, rounds=3, slow_rounds=1),
+             _both(_actor_bulk(tasks.Echo)), goal=">= 10x Ray"),
+    Workload("async_actor_bulk", "{n} calls of an async actor (async def no-op), then one get",
+             "/s", True,
+             Size(n=10_000, rounds=5, slow_rounds=3, slow_warmup=1),
+             Size(n=2_000, rounds=3, slow_rounds=1),
+             _both(_actor_bulk(tasks.AsyncEcho)), goal=">= 10x Ray"),
+    Workload("actor_stream_items", "actor generator method: next + get, {n} small ints", "/s",
+             True,
+             Size(n=50_000, rounds=5, slow_rounds=3, warmup=0, slow_warmup=0),
+             Size(n=10_000, rounds=3, slow_rounds=1, warmup=0, slow_warmup=0),
+             _both(_actor_stream(tasks.Echo)), goal=">= 10x Ray"),
+    Workload("async_actor_stream_items",
+             "async actor's async generator: next + get, {n} small ints", "/s", True,
+             Size(n=50_000, rounds=5, slow_rounds=3, warmup=0, slow_warmup=0),
+             Size(n=10_000, rounds=3, slow_rounds=1, warmup=0, slow_warmup=0),
+             _both(_actor_stream(tasks.AsyncEcho)), goal=">= 10x Ray"),
     # the memory pattern runs before the large items, whose workers keep a source array
     Workload("memory_list", "peak worker RssAnon: a list of {n} x {mb} MB", "MiB", False,
              Size(n=20, rounds=3, slow_rounds=3, nbytes=50 * MB),
@@ -638,4 +726,5 @@ def plan(quick: bool = False, only: Optional[Sequence[str]] = None,
             if side.env == env]
 
 
-__all__ = ["Size", "Trial", "Side", "Workload", "Case", "WORKLOADS", "COLUMNS", "plan", "find"]
+__all__ = ["Size", "Trial", "Side", "Workload", "Case", "WORKLOADS", "COLUMNS", "FLOORS", "plan",
+           "find"]
