@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from .tasks import pipe_echo, rss_anon_kb
 
@@ -162,6 +162,55 @@ def descendants(pid: Optional[int] = None) -> List[int]:
             out += kids
             todo += kids
     return out
+
+
+def _rss_shmem(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"RssShmem:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def machine_shmem() -> int:
+    """``Shmem`` of /proc/meminfo, in bytes: every process's shared memory on the machine
+    (other jobs move it too: recorded beside, never the figure)."""
+    with open("/proc/meminfo", "rb") as f:
+        for line in f:
+            if line.startswith(b"Shmem:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def shm_held() -> Tuple[int, int]:
+    """What this process and the processes below it hold in /dev/shm: (the bytes the
+    /dev/shm files they have open really hold -- ``st_blocks``, each file once, unlinked
+    ones included --, the sum of their ``RssShmem``, what each maps, shared pages counted
+    in every process that maps them).  The runtime's own footprint, whatever else the
+    machine runs."""
+    pids = [os.getpid()] + descendants()
+    seen = set()
+    held = 0
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            path = f"/proc/{pid}/fd/{fd}"
+            try:
+                if not os.readlink(path).startswith("/dev/shm/"):
+                    continue
+                st = os.stat(path)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                held += st.st_blocks * 512
+    return held, sum(_rss_shmem(p) for p in pids)
 
 
 def _alive(pid: int) -> bool:

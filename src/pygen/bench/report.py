@@ -169,11 +169,17 @@ def rows(report: Dict[str, Any]) -> Tuple[List[str], List[List[str]]]:
 
 
 def _skip_notes(report: Dict[str, Any]) -> List[str]:
-    notes: Dict[str, str] = {}
+    """One line per column and reason; the rows are named unless it is all of them."""
+    rows_of: Dict[Tuple[str, str], List[str]] = {}
     for m in report["metrics"]:
         for column, reason in m["skipped"].items():
-            notes.setdefault(column, reason)
-    out = [f"{column}: skipped, {reason}" for column, reason in notes.items()]
+            rows_of.setdefault((column, reason), []).append(m["title"])
+    out = []
+    for (column, reason), titles in rows_of.items():
+        every = sum(1 for m in report["metrics"]
+                    if column in m["skipped"] or column in m["results"] or column in m["errors"])
+        where = "" if len(titles) == every else f" ({'; '.join(titles)})"
+        out.append(f"{column}: skipped{where}, {reason}")
     for m in report["metrics"]:
         for column, error in m["errors"].items():
             out.append(f"{m['title']}, {column}: FAILED: {error}")
