@@ -798,7 +798,8 @@ def _shutdown_full(env: Any, size: Size) -> Trial:
         memory_back()
         refs.clear()
 
-    def info() -> Dict[str, Any]:
+    def info() -> Dict[str, Any]:   # after the last round: its memory is waited for here
+        memory_back()
         if not back:
             return {}
         return {"memory_back_s": round(statistics.median(back[-trial.timed_rounds:]), 3)}
