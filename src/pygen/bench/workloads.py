@@ -920,7 +920,9 @@ WORKLOADS: List[Workload] = [
              goal=">= 10x Ray",
              note="multiprocessing: pool.apply; the floors: a multiprocessing.Pipe ping-pong "
                   "with a child process (send(i), recv()), and 32 bytes there and back over a "
-                  "raw socketpair"),
+                  "raw socketpair; both sleep in recv, so on a VM whose idle CPUs halt they "
+                  "pay a wake-up each way: they run up to 2x faster on a busy machine than "
+                  "on an idle one"),
     Workload("tasks_bulk", "{n} tasks submitted, then one get", "/s", True,
              Size(n=10_000, rounds=5, slow_rounds=3, slow_warmup=1),
              Size(n=2_000, rounds=3, slow_rounds=1),
