@@ -16,12 +16,16 @@ import sys
 import pytest
 
 import pygen
-from pygen.bench import report, workloads
+from pygen.bench import report, runner, workloads
 from pygen.bench.runner import Measurement, Progress, run_plan
 from pygen.bench.workloads import PYGEN, RAY, Side, Size, Trial, Workload
 from test_examples import ROOT, check_common, environment, run_command
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ACTOR_METRICS = ["actor_serial", "actor_bulk", "async_actor_bulk", "actor_stream_items",
+                 "async_actor_stream_items"]
+FOOTPRINT_METRICS = ["first_put", "first_put_settled", "repeated_put", "held_idle", "held_full",
+                     "held_freed", "shutdown_full"]
 
 
 def pygen_command(*args: str) -> list:
@@ -79,6 +83,19 @@ def test_quick_json_has_every_metric(quick_run):
                 assert metric["ratios"][col] > 0, metric
         assert metric["errors"] == {}, metric
     assert data["metrics"][keys.index("tasks_serial")]["skipped"][RAY].startswith("BENCH_NO_RAY")
+    by_key = {m["key"]: m for m in data["metrics"]}
+    # the actors' (issue 8) and the footprint's (issue 9) metrics, by name: a workload that
+    # goes away must go away here too
+    for key in ACTOR_METRICS + FOOTPRINT_METRICS:
+        assert by_key[key]["results"][PYGEN]["value"] > 0, key
+    for key in ("tasks_serial", "actor_serial"):   # beside the round trips they are read with
+        assert set(by_key[key]["ratios"]) >= {workloads.PIPE, workloads.SOCKET}, key
+    assert set(by_key["first_put"]["ratios"]) >= {workloads.NUMPY_COPY, workloads.FRESH_SHM_1,
+                                                  workloads.FRESH_SHM_2}
+    assert workloads.NUMPY_COPY in by_key["repeated_put"]["ratios"]
+    idle = by_key["held_idle"]["results"][PYGEN]
+    assert idle["info"]["tables_MiB"] > 0 and "rss_shmem_MiB" in idle["info"], idle
+    assert "memory_back_s" in by_key["shutdown_full"]["results"][PYGEN]["info"]
     assert data["machine"]["cpus"] == os.cpu_count() and data["machine"]["pygen"]
     assert len(data["load"]["start"]) == 3 and len(data["load"]["end"]) == 3
 
@@ -171,10 +188,12 @@ def test_pygen_and_ray_run_the_same_workload():
         for c in cases:
             by_key.setdefault(c.workload.key, {})[c.side.column] = c
         both = [k for k, sides in by_key.items() if PYGEN in sides and RAY in sides]
-        assert len(both) >= 9, both
+        assert len(both) >= 20, both
+        assert set(ACTOR_METRICS) <= set(both), both
         for key in both:
             p, r = by_key[key][PYGEN], by_key[key][RAY]
-            assert (p.size.n, p.size.nbytes) == (r.size.n, r.size.nbytes), key
+            assert ((p.size.n, p.size.nbytes, p.size.seconds)
+                    == (r.size.n, r.size.nbytes, r.size.seconds)), key
             assert p.side.make is r.side.make, key   # the very same code on both sides
 
 
@@ -201,6 +220,43 @@ def test_adding_a_workload_is_one_definition(monkeypatch):
     assert [m["key"] for m in data["metrics"]] == ["one_more"]
     assert "a test workload one_more" in report.text_table(data)
     assert "numpy copy" in data["metrics"][0]["ratios"]
+
+
+def test_quick_skips_what_is_too_slow_for_it_and_the_table_says_which_rows(monkeypatch):
+    """A side marked full-run only is skipped by --quick with the reason, and run by the
+    full plan; the note under the table names the rows it was skipped in; a row shows each
+    of its floors."""
+    calls = []
+
+    def side(column, value, **kw):
+        def make(env, size):
+            return Trial(lambda: calls.append(column), lambda m: value)
+        return Side(column, "plain", make, **kw)
+
+    w = Workload("two_floors", "a test workload with two floors", "/s", True,
+                 Size(1, 1, 1, warmup=0), Size(1, 1, 1, warmup=0),
+                 (side(PYGEN, 4.0), side("pipe round trip", 8.0),
+                  side("socket round trip", 16.0, in_quick=False)))
+    monkeypatch.setattr(workloads, "WORKLOADS", workloads.WORKLOADS + [w])
+    import datetime
+    for quick in (True, False):
+        calls.clear()
+        cases = workloads.plan(quick=quick, only=["two_floors"])
+        measured = run_plan(cases)
+        data = report.build(cases, measured, quick=quick, started=datetime.datetime.now(),
+                            duration_s=1.0, load_start=[0, 0, 0], load_end=[0, 0, 0],
+                            machine={"cpus": 2}, command="test")
+        table = report.text_table(data)
+        assert "pipe round trip 8/s (0.50x)" in table
+        if quick:
+            assert calls == [PYGEN, "pipe round trip"]
+            assert measured[2].skipped == runner.QUICK_SKIP
+            assert (f"socket round trip: skipped ({w.title}), {runner.QUICK_SKIP}"
+                    not in table)   # every row of that column: no row list
+            assert f"socket round trip: skipped, {runner.QUICK_SKIP}" in table
+        else:
+            assert calls == [PYGEN, "pipe round trip", "socket round trip"]
+            assert "pipe round trip 8/s (0.50x); socket round trip 16/s (0.25x)" in table
 
 
 def test_a_failing_trial_is_reported_not_dropped(monkeypatch):

@@ -223,7 +223,9 @@ def check_pipeline(run: Run) -> None:
 def check_typed_usage(run: Run) -> None:
     assert run.lines() == ["doubled: [0.0, 2.0, 4.0, 6.0]", "chunk sums: [0.0, 1000.0, 2000.0]",
                            "async sums: [0, 2, 4] pending: 0",
-                           "the task's error reached the caller: ValueError bad input"], run.stdout
+                           "the task's error reached the caller: ValueError bad input",
+                           "actor total: 5.0 partial sums: [5.0, 6.0, 7.0] found by name: True",
+                           "async actor ticks: [0, 1, 2]"], run.stdout
 
 
 CHECKS = {

@@ -5,8 +5,8 @@ What a runtime holds is measured two ways, both its own: the segment's allocated
 (``store_stats()["shm_bytes"]``, fstat's st_blocks of the arena) and the shared pages each
 of its processes maps (``RssShmem`` in /proc/<pid>/status).  /proc/meminfo's ``Shmem`` counts
 every program of the machine, which other jobs move by gigabytes while these tests run: it
-is printed beside, not asserted on.  The speed figures (shutdown after 2 GB) are in
-bench/test_bench_footprint.py; here only liveness bounds.
+is printed beside, not asserted on.  The speed figures (shutdown after 2 GB) are
+``pygen bench``'s (workloads held_* and shutdown_full); here only liveness bounds.
 """
 from __future__ import annotations
 
@@ -175,7 +175,7 @@ def test_two_gib_stored_then_freed_is_given_back():
 
 
 def test_shutdown_with_two_gib_stored_is_prompt_and_gives_it_all_back():
-    """A liveness bound only: bench/test_bench_footprint.py measures the real figure."""
+    """A liveness bound only: ``pygen bench`` (shutdown_full) measures the real figure."""
     before = rss_shmem(os.getpid())
     pygen.init(num_cpus=1, object_store_memory=3 * GiB)
     part = np.full(256 * MiB, 3, dtype=np.uint8)

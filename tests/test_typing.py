@@ -1,7 +1,8 @@
 """pygen is typed: its package says so (py.typed), the compiled store has a stub that names
 what the module has, every public function and method is annotated, the typed example
-passes ``mypy --strict``, and the remote decorator keeps a function's parameters (mypy
-rejects ``f.remote`` with the wrong arguments)."""
+passes ``mypy --strict``, the remote decorator keeps a function's parameters (mypy
+rejects ``f.remote`` with the wrong arguments), and a class made remote is an
+``ActorClass`` of it whose ``.remote()`` gives an ``ActorHandle`` of it."""
 from __future__ import annotations
 
 import ast
@@ -105,15 +106,26 @@ words.remote()                                # line 13: missing argument
 s: str = pygen.get(double.remote(1))          # line 14: get gives an int
 n: int = pygen.get(next(words.remote(1)))     # line 15: the items are str
 r: pygen.ObjectRef[int] = pygen.put("text")   # line 16: a ref to a str
+
+class Plain:
+    def incr(self) -> int:
+        return 1
+
+Actor = pygen.remote(Plain)
+ok: pygen.ActorHandle[Plain] = pygen.remote(max_restarts=1)(Plain).options(name="p").remote()
+fine: pygen.ActorHandle[Plain] = Actor.options(max_concurrency=2).remote()
+h: pygen.ActorHandle[str] = Actor.remote()    # line 25: a handle to a Plain
+pygen.kill(double)                            # line 26: not an actor handle
+c: pygen.ActorClass[int] = pygen.remote(max_restarts=1)(Plain)   # line 27: of Plain
 '''
 
 
 @pytest.mark.skipif(not HAS_MYPY, reason="mypy is not installed (it is in the [test] extra)")
 @pytest.mark.timeout(320)
-def test_mypy_sees_the_parameters_and_results_of_remote_functions(tmp_path):
+def test_mypy_sees_the_parameters_and_results_of_remote_functions_and_actors(tmp_path):
     path = tmp_path / "wrong.py"
     path.write_text(WRONG.lstrip("\n"))
     out = _mypy(path, tmp_path / "cache")
     lines = sorted({int(line.split(":")[1]) for line in out.stdout.splitlines()
                     if ": error:" in line})
-    assert lines == [12, 13, 14, 15, 16], out.stdout
+    assert lines == [12, 13, 14, 15, 16, 25, 26, 27], out.stdout

@@ -9,7 +9,7 @@ stubs), and on Python 3.9 at run time a plain ``TypeVar`` stands in for it, only
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator, Type, TypeVar
 
 if TYPE_CHECKING:
     from typing_extensions import ParamSpec
@@ -27,19 +27,24 @@ T_co = TypeVar("T_co", covariant=True)   # what an ObjectRef refers to (read-onl
 Y_co = TypeVar("Y_co", covariant=True)   # what a generator task yields
 R = TypeVar("R")                       # what ``.remote()`` returns (a ref, a generator)
 Y = TypeVar("Y")
+C = TypeVar("C")                       # an actor's class
 
 if TYPE_CHECKING:
     from typing import Coroutine, Protocol, overload
 
+    from .actor import ActorClass
     from .generators import ObjectRefGenerator
     from .object_ref import ObjectRef
     from .remote_function import RemoteFunction
 
     class RemoteDecorator(Protocol):
-        """What ``@pygen.remote(**options)`` returns: applied to a function, a remote function
-        that keeps its parameters (a generator function's ``.remote()`` gives an
-        ``ObjectRefGenerator`` of what it yields, a plain or ``async`` function's an
-        ``ObjectRef`` of what it returns)."""
+        """What ``@pygen.remote(**options)`` returns: applied to a class, an actor class;
+        applied to a function, a remote function that keeps its parameters (a generator
+        function's ``.remote()`` gives an ``ObjectRefGenerator`` of what it yields, a plain
+        or ``async`` function's an ``ObjectRef`` of what it returns)."""
+
+        @overload
+        def __call__(self, cls: Type[C]) -> ActorClass[C]: ...  # type: ignore[overload-overlap]
 
         @overload
         def __call__(self, fn: Callable[P, Iterator[Y]]  # type: ignore[overload-overlap]

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import inspect
 import pickle
-from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Generic, Optional, Tuple
 
 from . import context, ids, options
+from ._typing import C
 from .core import protocol
 from .object_ref import ObjectRef
 from .callables import is_generator_function
@@ -96,8 +97,13 @@ class Descriptor:
         return cls(*pickle.loads(blob))
 
 
-class ActorClass:
-    """A class whose instances run in processes of their own: create one with ``.remote()``."""
+class ActorClass(Generic[C]):
+    """A class whose instances run in processes of their own: create one with ``.remote()``.
+
+    Made by ``@pygen.remote`` on a class.  ``ActorClass[C]`` for a type checker (``C``: the
+    decorated class): ``.remote(...)`` gives an ``ActorHandle[C]``, ``.options(...)`` an
+    ``ActorClass[C]``.
+    """
 
     def __init__(self, cls: type, actor_options: Dict[str, Any],
                  _pickled: Optional[_PickledFunction] = None) -> None:
@@ -116,8 +122,10 @@ class ActorClass:
         raise TypeError(f"actor class {self._name} cannot be instantiated directly: use "
                         f"{self._name}.remote(...) to create an actor")
 
-    def options(self, **actor_options: Any) -> "ActorClass":
-        """A copy with some options changed (validated now, not at ``.remote()``)."""
+    def options(self, **actor_options: Any) -> "ActorClass[C]":
+        """A copy with some options changed (validated now, not at ``.remote()``): ``name``,
+        ``get_if_exists``, ``lifetime``, ``max_concurrency``, ``max_restarts``,
+        ``max_task_retries``, ``num_cpus``, ``memory``."""
         checked = options.validate(options.ACTOR_OPTIONS, actor_options, f"actor {self._name}")
         merged = dict(self._options)
         merged.update(checked)
@@ -135,7 +143,7 @@ class ActorClass:
     def _descriptor(self) -> "Descriptor":
         return Descriptor(self._name, self._methods, self._options["max_task_retries"])
 
-    def remote(self, *args: Any, **kwargs: Any) -> "ActorHandle":
+    def remote(self, *args: Any, **kwargs: Any) -> "ActorHandle[C]":
         """Start the actor (its ``__init__`` runs in its own process) and return a handle."""
         return context.ensure().create_actor(self, args, kwargs)
 
@@ -146,8 +154,13 @@ class ActorClass:
         return (ActorClass, (self._cls, self._options))
 
 
-class ActorHandle:
-    """A reference to a live actor: call its methods with ``handle.method.remote(...)``."""
+class ActorHandle(Generic[C]):
+    """A reference to a live actor: call its methods with ``handle.method.remote(...)``.
+
+    ``ActorHandle[C]`` for a type checker: a handle to an actor of class ``C``; each of its
+    methods is an ``ActorMethod`` (what ``.remote()`` returns depends on the method and its
+    options, so a type checker sees ``Any`` there).
+    """
 
     __slots__ = ("_actor_id", "_descriptor", "_handle", "_method_cache", "__weakref__")
 
@@ -198,7 +211,7 @@ class ActorHandle:
         return (_rebuild_handle, (self._actor_id, self._descriptor.blob))
 
 
-def _rebuild_handle(actor_id: bytes, blob: bytes) -> ActorHandle:
+def _rebuild_handle(actor_id: bytes, blob: bytes) -> "ActorHandle[Any]":
     return ActorHandle(actor_id, Descriptor.from_blob(blob))
 
 
@@ -207,7 +220,8 @@ class ActorMethod:
 
     __slots__ = ("_handle", "_name", "_options", "_cached")
 
-    def __init__(self, handle: ActorHandle, name: str, method_options: Dict[str, Any]) -> None:
+    def __init__(self, handle: "ActorHandle[Any]", name: str,
+                 method_options: Dict[str, Any]) -> None:
         self._handle = handle
         self._name = name
         self._options = method_options

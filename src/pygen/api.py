@@ -7,10 +7,10 @@ import numbers
 import os
 import threading
 from typing import (TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator, List, Optional,
-                    Sequence, Tuple, TypeVar, Union, overload)
+                    Sequence, Tuple, Type, TypeVar, Union, overload)
 
 from . import context, ids, options
-from ._typing import P, T, Y
+from ._typing import C, P, T, Y
 from .generators import ObjectRefGenerator
 from .object_ref import ObjectRef
 
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from typing import Coroutine
 
     from ._typing import RemoteDecorator
+    from .actor import ActorClass, ActorHandle
     from .remote_function import RemoteFunction
 
 # what pygen.wait takes and gives back: refs and streaming generators, as given
@@ -213,6 +214,10 @@ def is_initialized() -> bool:
 
 
 @overload
+def remote(cls: Type[C], /) -> ActorClass[C]: ...  # type: ignore[overload-overlap]
+
+
+@overload
 def remote(fn: Callable[P, Iterator[Y]], /  # type: ignore[overload-overlap]
            ) -> RemoteFunction[P, ObjectRefGenerator[Y]]: ...
 
@@ -248,7 +253,7 @@ def remote(*args: Any, **kwargs: Any) -> Any:
     use while the task runs), ``generator_backpressure`` (items a streaming generator may
     have unconsumed before it pauses), ``name``.  A wrong option raises ``ValueError`` or
     ``TypeError`` here, naming it.  A type checker keeps the function's parameters for
-    ``.remote(...)``.
+    ``.remote(...)``, and sees a class become an ``ActorClass`` of it.
     """
     from .actor import ActorClass
     from .remote_function import RemoteFunction
@@ -278,7 +283,7 @@ def method(**method_options: Any) -> Any:
     return _method(**method_options)
 
 
-def get_actor(name: str) -> Any:
+def get_actor(name: str) -> "ActorHandle[Any]":
     """The handle of the live actor created with ``.options(name=name)``.
 
     Raises ``ValueError`` naming the actor when there is none (never created, dead, or
@@ -295,7 +300,7 @@ def get_actor(name: str) -> Any:
     return found
 
 
-def kill(actor: Any, *, no_restart: bool = True) -> None:
+def kill(actor: "ActorHandle[Any]", *, no_restart: bool = True) -> None:
     """Kill an actor's process now.  Synchronous: when this returns, the process is gone
     and every later call to the actor raises ``ActorDiedError`` ("killed by pygen.kill").
     With ``no_restart=False`` an actor that has ``max_restarts`` left is restarted."""

@@ -6,19 +6,22 @@ runner keeps one ``Env`` started at a time and stops it (waiting until its proce
 gone) before it starts the next.
 
 * ``store``: a bare pygen object store in this process (the store's own benchmarks);
-* ``pygen``: ``pygen.init`` with ``PYGEN_NUM_CPUS`` workers, warm (every worker up, the
-  arena pre-faulted everywhere);
-* ``plain``: nothing running (numpy's copy, a pipe round trip, a bare interpreter);
+* ``pygen``: ``pygen.init`` with ``NUM_CPUS`` workers, warm (every worker up, the
+  warm window of the arena ready); the footprint workloads start it themselves, afresh
+  each round (``fresh_start``), as Ray's;
+* ``plain``: nothing running (numpy's copy, round trips, a bare interpreter, writes into
+  fresh /dev/shm pages);
 * ``multiprocessing``: a pool of the same number of processes, and a queue for streams;
 * ``joblib``: joblib's default (loky) workers, as many;
-* ``ray``: ``ray.init`` with 2 CPUs, no dashboard (optional: skipped when Ray is not
-  installed, or when ``BENCH_NO_RAY`` is set).
+* ``ray``: ``ray.init`` with 2 CPUs, no dashboard, a new local instance (optional:
+  skipped when Ray is not installed, or when ``BENCH_NO_RAY`` is set).
 """
 from __future__ import annotations
 
 import importlib.util
 import logging
 import os
+import time
 from typing import Any, Dict, Iterator, List, Optional
 
 from . import tasks
@@ -31,8 +34,10 @@ NUM_CPUS = 2
 PYGEN_STORE_BYTES = 2 * GiB
 STORE_BYTES = 2 * GiB + 256 * (1 << 20)   # the store benchmarks' bare store (1 GB objects)
 
-# Ray as the figures of the issues were taken: 2 CPUs, no dashboard, a modest store.
+# Ray as the figures of the issues were taken: 2 CPUs, no dashboard, a modest store; a new
+# local instance always ("local": never a cluster a `ray start` on this machine left behind).
 RAY_INIT_KWARGS: Dict[str, Any] = dict(
+    address="local",
     num_cpus=NUM_CPUS,
     include_dashboard=False,
     ignore_reinit_error=True,
@@ -99,7 +104,8 @@ class PygenEnv(Env):
     name = "pygen"
 
     def __init__(self) -> None:
-        self.state: Optional[str] = None   # None, "cold" (defaults, not warm) or "ready"
+        # None, "cold" (defaults, not warm), "fresh" (fresh_start) or "ready" (start)
+        self.state: Optional[str] = None
 
     @property
     def api(self) -> Any:
@@ -122,6 +128,27 @@ class PygenEnv(Env):
         pygen.init()
         self.state = "cold"
 
+    def fresh_start(self, store_bytes: int = PYGEN_STORE_BYTES) -> None:
+        """``pygen.init`` with NUM_CPUS and a ``store_bytes`` ceiling, not warmed: what a
+        user's program has right after its ``init`` (the footprint benchmarks)."""
+        import pygen
+        pygen.init(num_cpus=NUM_CPUS, object_store_memory=store_bytes)
+        self.state = "fresh"
+
+    def wait_workers_up(self, timeout: float = 60.0) -> None:
+        """Until every worker ``init`` started has said hello and the store's warm window
+        is ready (where Ray's ``init`` is when it returns), without running a task."""
+        import pygen.context
+        node = pygen.context.current().node  # type: ignore[union-attr]
+        pool = node.pool
+        deadline = time.monotonic() + timeout
+        while pool.starting or sum(1 for _ in pool.task_workers()) < NUM_CPUS:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"pygen's {NUM_CPUS} workers were not up {timeout} s "
+                                   f"after init")
+            time.sleep(0.005)
+        node.store.prefault_wait(timeout=timeout)
+
     def shutdown(self) -> None:
         """What a user calls (the shutdown benchmark times this)."""
         import pygen
@@ -130,7 +157,11 @@ class PygenEnv(Env):
         self.state = None
 
     def settle(self) -> None:
-        """pygen's shutdown returns when its workers are reaped: nothing to wait for."""
+        """pygen's shutdown returns when its workers are reaped; a large arena is unmapped
+        by a detached thread after it: wait for that (untimed), the next round's memory
+        and CPUs are then free."""
+        from pygen import _store
+        _store.wait_released(timeout=60)
 
     def stop(self) -> None:
         self.shutdown()
@@ -156,6 +187,8 @@ class RayEnv(Env):
         return ray
 
     def start(self) -> "RayEnv":
+        if self.state == "fresh":
+            self.stop()
         if self.state is None:
             self.cold_start()
         if self.state != "ready":
@@ -168,6 +201,16 @@ class RayEnv(Env):
         self._others = descendants()
         ray.init(**RAY_INIT_KWARGS)
         self.state = "cold"
+
+    def fresh_start(self, store_bytes: int = PYGEN_STORE_BYTES) -> None:
+        """``ray.init`` as RAY_INIT_KWARGS, with pygen's ceiling as its store's size."""
+        import ray
+        self._others = descendants()
+        ray.init(**dict(RAY_INIT_KWARGS, object_store_memory=store_bytes))
+        self.state = "fresh"   # not what start() gives: start() restarts it
+
+    def wait_workers_up(self, timeout: float = 60.0) -> None:
+        """Ray's ``init`` returns with its processes up: nothing to wait for."""
 
     def shutdown(self) -> None:
         """``ray.shutdown()`` alone (what the shutdown benchmark times)."""
@@ -253,6 +296,7 @@ class JoblibEnv(Env):
 
     def __init__(self) -> None:
         self.parallel: Any = None
+        self._others: List[int] = []
 
     def unavailable(self) -> Optional[str]:
         if importlib.util.find_spec("joblib") is None:
@@ -262,6 +306,7 @@ class JoblibEnv(Env):
     def start(self) -> "JoblibEnv":
         if self.parallel is None:
             from joblib import Parallel, delayed
+            self._others = descendants()   # not joblib's (a multiprocessing forkserver lives on)
             self.parallel = Parallel(n_jobs=NUM_CPUS, batch_size=1)
             self.parallel.__enter__()
             self.parallel(delayed(tasks.sleep_pid)(0.2) for _ in range(NUM_CPUS))
@@ -281,9 +326,19 @@ class JoblibEnv(Env):
             self.parallel = None
             # loky keeps its workers for reuse (minutes): end them now
             from joblib.externals.loky import get_reusable_executor
-            before = descendants()
+            # its workers, not its resource tracker (which lives as long as this process)
+            theirs = [p for p in descendants()
+                      if p not in self._others and "resource_tracker" not in _cmdline(p)]
             get_reusable_executor().shutdown(wait=True)
-            wait_gone(before, timeout=15.0)
+            wait_gone(theirs, timeout=15.0)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def ray_unavailable() -> Optional[str]:

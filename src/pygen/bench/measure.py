@@ -1,5 +1,6 @@
-"""Measuring helpers: the pipe round trip floor, a sampler of a worker's private memory,
-the processes below this one, and the facts of the machine recorded with every run."""
+"""Measuring helpers: the round trip floors (a raw socket echo, a ``multiprocessing.Pipe``),
+a sampler of a worker's private memory, the processes below this one, and the facts of
+the machine recorded with every run."""
 from __future__ import annotations
 
 import os
@@ -9,9 +10,9 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
-from .tasks import rss_anon_kb
+from .tasks import pipe_echo, rss_anon_kb
 
 ECHO_CHILD = r"""
 import socket, sys
@@ -53,6 +54,36 @@ class PipeEcho:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+class PipeRoundTrip:
+    """``multiprocessing.Pipe`` ping-pong with a child process (spawned: a fresh
+    interpreter, nothing inherited): ``send(i)`` then ``recv()``, a small int pickled each
+    way.  The floor of an actor call made one at a time: one message there, one back, in
+    Python, with nothing else (no ids, no store, no scheduling)."""
+
+    def __init__(self) -> None:
+        import multiprocessing
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, theirs = ctx.Pipe()
+        self.proc = ctx.Process(target=pipe_echo, args=(theirs,), daemon=True)
+        self.proc.start()
+        theirs.close()
+        self.round_trips(100)  # the child is up and its loop warm
+
+    def round_trips(self, n: int) -> None:
+        send, recv = self.conn.send, self.conn.recv
+        for i in range(n):
+            send(i)
+            if recv() != i:
+                raise AssertionError("the pipe's child sent back something else")
+
+    def close(self) -> None:
+        self.conn.close()   # the child's recv raises EOFError: it returns
+        self.proc.join(timeout=5)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
 
 
 class RssSampler:
@@ -131,6 +162,55 @@ def descendants(pid: Optional[int] = None) -> List[int]:
             out += kids
             todo += kids
     return out
+
+
+def _rss_shmem(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"RssShmem:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def machine_shmem() -> int:
+    """``Shmem`` of /proc/meminfo, in bytes: every process's shared memory on the machine
+    (other jobs move it too: recorded beside, never the figure)."""
+    with open("/proc/meminfo", "rb") as f:
+        for line in f:
+            if line.startswith(b"Shmem:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def shm_held() -> Tuple[int, int]:
+    """What this process and the processes below it hold in /dev/shm: (the bytes the
+    /dev/shm files they have open really hold -- ``st_blocks``, each file once, unlinked
+    ones included --, the sum of their ``RssShmem``, what each maps, shared pages counted
+    in every process that maps them).  The runtime's own footprint, whatever else the
+    machine runs."""
+    pids = [os.getpid()] + descendants()
+    seen = set()
+    held = 0
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            path = f"/proc/{pid}/fd/{fd}"
+            try:
+                if not os.readlink(path).startswith("/dev/shm/"):
+                    continue
+                st = os.stat(path)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                held += st.st_blocks * 512
+    return held, sum(_rss_shmem(p) for p in pids)
 
 
 def _alive(pid: int) -> bool:

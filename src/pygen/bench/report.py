@@ -16,12 +16,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .measure import describe_machine
 from .runner import Measurement
-from .workloads import (COLUMNS, JOBLIB, MP, NUMPY_COPY, PIPE, PYGEN, PYTHON_START, RAY, WORKLOADS,
-                        Case, Workload)
+from .workloads import (COLUMNS, FLOORS, FRESH_SHM_1, FRESH_SHM_2, JOBLIB, MP, NUMPY_COPY, PIPE,
+                        PYGEN, PYTHON_START, RAY, SOCKET, WORKLOADS, Case, Workload)
 
 SCHEMA = "pygen-bench/1"
-FLOORS = (NUMPY_COPY, PIPE, PYTHON_START)
-TABLE_COLUMNS = (PYGEN, RAY, MP, JOBLIB, "floor")
+TABLE_COLUMNS = (PYGEN, RAY, MP, JOBLIB, "floors")
 CHART_NOTE = ("chart not drawn: matplotlib is not installed "
               "(pip install matplotlib, or pip install 'pygen[bench]')")
 
@@ -141,17 +140,16 @@ def _cell(metric: Dict[str, Any], column: str) -> str:
     return text
 
 
-def _floor(metric: Dict[str, Any]) -> Optional[str]:
-    for column in FLOORS:
-        if column in metric["results"] or column in metric["skipped"] or column in metric["errors"]:
-            return column
-    return None
+def _floors(metric: Dict[str, Any]) -> List[str]:
+    """The floors of a metric (its table cell shows each, in FLOORS order)."""
+    return [c for c in FLOORS
+            if c in metric["results"] or c in metric["skipped"] or c in metric["errors"]]
 
 
 def rows(report: Dict[str, Any]) -> Tuple[List[str], List[List[str]]]:
     """Header and rows of the side-by-side table; columns nobody measured are left out."""
     present = [c for c in TABLE_COLUMNS
-               if any((_floor(m) is not None) if c == "floor" else
+               if any(bool(_floors(m)) if c == "floors" else
                       (c in m["results"] or c in m["skipped"] or c in m["errors"])
                       for m in report["metrics"])]
     header = ["metric"] + present + ["load"]
@@ -159,9 +157,8 @@ def rows(report: Dict[str, Any]) -> Tuple[List[str], List[List[str]]]:
     for m in report["metrics"]:
         row = [m["title"]]
         for c in present:
-            if c == "floor":
-                f = _floor(m)
-                row.append(_cell(m, f) if f else "")
+            if c == "floors":
+                row.append("; ".join(_cell(m, f) for f in _floors(m)))
             else:
                 row.append(_cell(m, c))
         loads = [r["load1"] for r in m["results"].values() if r.get("load1") is not None]
@@ -172,11 +169,17 @@ def rows(report: Dict[str, Any]) -> Tuple[List[str], List[List[str]]]:
 
 
 def _skip_notes(report: Dict[str, Any]) -> List[str]:
-    notes: Dict[str, str] = {}
+    """One line per column and reason; the rows are named unless it is all of them."""
+    rows_of: Dict[Tuple[str, str], List[str]] = {}
     for m in report["metrics"]:
         for column, reason in m["skipped"].items():
-            notes.setdefault(column, reason)
-    out = [f"{column}: skipped, {reason}" for column, reason in notes.items()]
+            rows_of.setdefault((column, reason), []).append(m["title"])
+    out = []
+    for (column, reason), titles in rows_of.items():
+        every = sum(1 for m in report["metrics"]
+                    if column in m["skipped"] or column in m["results"] or column in m["errors"])
+        where = "" if len(titles) == every else f" ({'; '.join(titles)})"
+        out.append(f"{column}: skipped{where}, {reason}")
     for m in report["metrics"]:
         for column, error in m["errors"].items():
             out.append(f"{m['title']}, {column}: FAILED: {error}")
@@ -244,7 +247,8 @@ def chart(report: Dict[str, Any], path: str) -> Optional[str]:
     metrics = [m for m in report["metrics"] if m["ratios"]]
     others = [c for c in COLUMNS if c != PYGEN and any(c in m["ratios"] for m in metrics)]
     colors = {RAY: "#d62728", MP: "#1f77b4", JOBLIB: "#9467bd", NUMPY_COPY: "#7f7f7f",
-              PIPE: "#8c564b", PYTHON_START: "#bcbd22"}
+              PIPE: "#8c564b", SOCKET: "#e377c2", PYTHON_START: "#bcbd22",
+              FRESH_SHM_2: "#17becf", FRESH_SHM_1: "#aec7e8"}
     # one bar per (metric, other side) measured, grouped by metric, groups apart
     bars: List[Tuple[float, float, str]] = []
     ticks: List[Tuple[float, str]] = []

@@ -17,6 +17,8 @@ from .envs import Env, all_envs
 from .measure import load1
 from .workloads import Case, Trial
 
+QUICK_SKIP = "too slow for --quick (seconds a round): measured by the full run"
+
 # (trial, case, progress) -> median seconds of the timed rounds
 RoundsTimer = Callable[[Trial, Case], float]
 
@@ -66,6 +68,8 @@ def run_case(envs: Envs, case: Case, timer: RoundsTimer) -> Measurement:
     reason); a trial that fails is reported with its error, never dropped."""
     m = Measurement(case.workload.key, case.side.column, rounds=case.rounds)
     reason = envs.unavailable(case.side.env)
+    if not reason and case.quick and not case.side.in_quick:
+        reason = QUICK_SKIP
     if reason:
         m.skipped = reason
         return m

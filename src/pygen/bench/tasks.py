@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, AsyncIterator, Callable, Dict, Iterator, List, Optional
 
 
 def noop(i: Any) -> Any:
@@ -56,6 +56,39 @@ def big_generator(n: int, nbytes: int, pidfile: str) -> Iterator[Any]:
     report_pid(pidfile)
     for i in range(n):
         yield np.full(nbytes, i, dtype=np.uint8)
+
+
+# -- actors: the same classes on pygen's and Ray's side ------------------------------------------
+class Echo:
+    """A sync actor: a no-op method and a generator method."""
+
+    def noop(self, i: Any) -> Any:
+        return i
+
+    def count(self, n: int) -> Iterator[int]:
+        for i in range(n):
+            yield i
+
+
+class AsyncEcho:
+    """An async actor (its methods are ``async def``): a no-op and an async generator."""
+
+    async def noop(self, i: Any) -> Any:
+        return i
+
+    async def count(self, n: int) -> AsyncIterator[int]:
+        for i in range(n):
+            yield i
+
+
+def pipe_echo(conn: Any) -> None:
+    """The child of the pipe round trip: send back whatever arrives, until the pipe closes."""
+    recv, send = conn.recv, conn.send
+    try:
+        while True:
+            send(recv())
+    except EOFError:
+        pass
 
 
 def sleep_pid(seconds: float) -> int:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import tasks
-from .measure import PipeEcho, RssSampler
+from .measure import PipeEcho, PipeRoundTrip, RssSampler, machine_shmem, shm_held
 
 MB = 1_000_000
 PAGE = 4096
@@ -42,6 +42,7 @@ class Size:
     warmup: int = 1             # untimed rounds first (fast sides)
     slow_warmup: int = 1
     nbytes: int = 0             # bytes per item, where items are arrays
+    seconds: float = 0.0        # a wait the workload makes (idle, after freeing)
 
 
 class Trial:
@@ -73,6 +74,7 @@ class Side:
     make: Callable[[Any, Size], Trial]  # (env, size) -> Trial
     slow: bool = False                  # use the size's slow_rounds / slow_warmup
     cold: bool = False                  # the env is not started for it (it starts it itself)
+    in_quick: bool = True               # False: skipped by --quick (too slow for a minute)
 
 
 @dataclass(frozen=True)
@@ -92,13 +94,18 @@ class Workload:
 
     def label(self, quick: bool) -> str:
         s = self.size(quick)
-        return self.title.format(n=f"{s.n:,}", mb=f"{s.nbytes // MB:,}")
+        return self.title.format(n=f"{s.n:,}", mb=f"{s.nbytes // MB:,}",
+                                 gb=f"{s.n * s.nbytes / 1e9:g}", s=f"{s.seconds:g}")
 
 
-# Columns: pygen first, Ray, the other ways to run Python in processes, then the floors.
+# Columns: pygen first, Ray, the other ways to run Python in processes, then the floors
+# (what no runtime can beat: a copy, a round trip, a bare interpreter, fresh shared pages).
 PYGEN, RAY, MP, JOBLIB = "pygen", "Ray", "multiprocessing", "joblib"
-NUMPY_COPY, PIPE, PYTHON_START = "numpy copy", "pipe round trip", "python start"
-COLUMNS = (PYGEN, RAY, MP, JOBLIB, NUMPY_COPY, PIPE, PYTHON_START)
+NUMPY_COPY, PIPE, SOCKET, PYTHON_START = ("numpy copy", "pipe round trip", "socket round trip",
+                                          "python start")
+FRESH_SHM_2, FRESH_SHM_1 = "fresh shm write, 2 threads", "fresh shm write, 1 thread"
+FLOORS = (NUMPY_COPY, PIPE, SOCKET, PYTHON_START, FRESH_SHM_2, FRESH_SHM_1)
+COLUMNS = (PYGEN, RAY, MP, JOBLIB) + FLOORS
 
 
 # == figures ===================================================================================
@@ -186,9 +193,16 @@ def _serial_calls(env: Any, size: Size) -> Trial:
     return Trial(run, per_second(n))
 
 
-def _pipe(env: Any, size: Size) -> Trial:
+def _socket(env: Any, size: Size) -> Trial:
+    """32 bytes there and back over a socketpair, raw (no pickling, no framing)."""
     echo = PipeEcho()
     return Trial(lambda: echo.round_trips(size.n), per_second(size.n), close=echo.close)
+
+
+def _pipe(env: Any, size: Size) -> Trial:
+    """``multiprocessing.Pipe`` ping-pong with a child process: send(i), recv()."""
+    pipe = PipeRoundTrip()
+    return Trial(lambda: pipe.round_trips(size.n), per_second(size.n), close=pipe.close)
 
 
 def _bulk(api: Any, size: Size) -> Trial:
@@ -212,10 +226,17 @@ def _bulk_map(env: Any, size: Size) -> Trial:
 
 # == generators ===============================================================================
 def _stream_items(api: Any, size: Size) -> Trial:
-    f, get, n = api.remote(tasks.count), api.get, size.n
+    return _consume_stream(api.remote(tasks.count).remote, api.get, size)
+
+
+def _consume_stream(start: Callable[[int], Any], get: Callable[[Any], Any], size: Size,
+                    close: Optional[Callable[[], None]] = None) -> Trial:
+    """``next`` + ``get`` of each of the n small ints ``start(n)``'s generator yields, and
+    its end; warmed by a stream of 1,000 first (the function registered, the path warm)."""
+    n = size.n
 
     def consume(n: int = n) -> None:
-        gen = f.remote(n)
+        gen = start(n)
         total = 0
         for _ in range(n):
             total += get(next(gen))
@@ -227,8 +248,8 @@ def _stream_items(api: Any, size: Size) -> Trial:
             raise AssertionError("the stream did not end after its last item")
         assert total == n * (n - 1) // 2
 
-    consume(min(n, 1_000))  # the function registered, the path warm
-    return Trial(consume, per_second(n))
+    consume(min(n, 1_000))
+    return Trial(consume, per_second(n), close=close)
 
 
 def _stream_items_mp(env: Any, size: Size) -> Trial:
@@ -321,6 +342,49 @@ def _numpy_copy(env: Any, size: Size) -> Trial:
     for _ in range(3):
         np.copyto(dst, src)
     return Trial(lambda: np.copyto(dst, src), gb_per_second(size.nbytes))
+
+
+# == actors ===================================================================================
+def _actor(api: Any, cls: type) -> Tuple[Any, Callable[[], None]]:
+    """A new actor of ``cls`` (its process up: one call answered) and how to end it."""
+    handle = api.remote(cls).remote()
+    assert api.get(handle.noop.remote(0)) == 0
+
+    def end() -> None:
+        api.kill(handle)
+    return handle, end
+
+
+def _actor_serial(api: Any, size: Size) -> Trial:
+    a, end = _actor(api, tasks.Echo)
+    f, get, n = a.noop.remote, api.get, size.n
+    for i in range(200):
+        get(f(i))
+
+    def run() -> None:
+        for i in range(n):
+            get(f(i))
+    return Trial(run, per_second(n), close=end)
+
+
+def _actor_bulk(cls: type) -> Callable[[Any, Size], Trial]:
+    def make(api: Any, size: Size) -> Trial:
+        a, end = _actor(api, cls)
+        f, get, n = a.noop.remote, api.get, size.n
+        get([f(i) for i in range(1_000)])
+
+        def run() -> None:
+            refs = [f(i) for i in range(n)]
+            assert get(refs)[-1] == n - 1
+        return Trial(run, per_second(n), close=end)
+    return make
+
+
+def _actor_stream(cls: type) -> Callable[[Any, Size], Trial]:
+    def make(api: Any, size: Size) -> Trial:
+        a, end = _actor(api, cls)
+        return _consume_stream(a.count.remote, api.get, size, close=end)
+    return make
 
 
 # == memory: the seed's pattern (a list of large arrays vs a generator of them) =================
@@ -491,6 +555,317 @@ def _api_put(api: Any, size: Size) -> Trial:
     return Trial(run, gb_per_second(size.nbytes))
 
 
+# == footprint: memory follows use (issue 9) ===================================================
+# pygen with NUM_CPUS workers and a 2 GiB ceiling (3 GiB for the shutdown with 2 GB stored),
+# a fresh runtime each round, not warmed: what a program has right after its init.  Ray the
+# same way, with a store of the same size.  "Held": the bytes of the /dev/shm files the
+# runtime's processes (this one and those below it) have open (measure.shm_held).
+MiB = 1 << 20
+_SOURCES: Dict[int, Any] = {}
+
+
+def _source(nbytes: int) -> Any:
+    """The array every footprint workload stores (random bytes, made once per run)."""
+    a = _SOURCES.get(nbytes)
+    if a is None:
+        import numpy as np
+        a = _SOURCES[nbytes] = np.random.default_rng(9).integers(0, 255, size=nbytes,
+                                                                 dtype=np.uint8)
+    return a
+
+
+def _fresh_runtime(env: Any, store_bytes: Optional[int] = None) -> None:
+    """Whatever runs stopped (its processes gone, its memory back), then a fresh start."""
+    env.shutdown()
+    env.settle()
+    gc.collect()
+    if store_bytes is None:
+        env.fresh_start()
+    else:
+        env.fresh_start(store_bytes)
+
+
+def _first_put(settled: bool) -> Callable[[Any, Size], Trial]:
+    """A fresh runtime each round (untimed), then one put of the array: at once after
+    ``init``, or (``settled``) once the workers ``init`` started are up."""
+    def make(env: Any, size: Size) -> Trial:
+        src = _source(size.nbytes)
+        refs: List[Any] = []
+
+        def setup() -> None:
+            refs.clear()
+            _fresh_runtime(env)
+            if settled:
+                env.wait_workers_up()
+
+        def run() -> None:
+            refs.append(env.api.put(src))
+
+        def close() -> None:
+            refs.clear()
+            env.shutdown()
+        return Trial(run, gb_per_second(size.nbytes), setup=setup, close=close)
+    return make
+
+
+REPEATED_PUT_WARMUP = 12   # puts before the timed ones: 2.4 GB, more than either store holds
+
+
+def _repeated_put(api: Any, size: Size) -> Trial:
+    """``r = put(a)`` in a loop: each put's block is made while the previous one is still
+    held, and that one freed after.  Timed in the steady state: after more puts than the
+    store holds, so every page a store hands out has been touched before (pygen reuses two
+    blocks in turn from the start; Ray's store first spreads over fresh memory)."""
+    src = _source(size.nbytes)
+    held: List[Any] = []
+
+    def run() -> None:
+        held[:] = [api.put(src)]
+
+    for _ in range(REPEATED_PUT_WARMUP):
+        run()
+    return Trial(run, gb_per_second(size.nbytes), close=held.clear)
+
+
+def _repeated_put_on(env: Any, size: Size) -> Trial:
+    return _repeated_put(env.api, size)
+
+
+def _fresh_shm_write(threads: int) -> Callable[[Any, Size], Trial]:
+    """The array written into a new /dev/shm file's pages (mapped, never touched before),
+    by ``threads`` threads, each its part: the least any shared-memory store pays for
+    memory it did not hold yet.  The file is made and mapped untimed."""
+    def make(env: Any, size: Size) -> Trial:
+        import mmap
+        import threading
+
+        import numpy as np
+        src = _source(size.nbytes)
+        bounds = [(size.nbytes * i // threads, size.nbytes * (i + 1) // threads)
+                  for i in range(threads)]
+        state: Dict[str, Any] = {}
+
+        def release() -> None:
+            dst, mm = state.pop("dst", None), state.pop("mm", None)
+            del dst
+            if mm is not None:
+                mm.close()
+
+        def setup() -> None:
+            release()
+            path = f"/dev/shm/pygen-bench-{os.getpid()}"
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.unlink(path)
+                os.ftruncate(fd, size.nbytes)
+                mm = mmap.mmap(fd, size.nbytes)
+            finally:
+                os.close(fd)
+            state["mm"], state["dst"] = mm, np.frombuffer(mm, dtype=np.uint8)
+
+        def run() -> None:
+            dst = state["dst"]
+            workers = [threading.Thread(target=np.copyto, args=(dst[a:b], src[a:b]))
+                       for a, b in bounds]
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+
+        return Trial(run, gb_per_second(size.nbytes), setup=setup, close=release)
+    return make
+
+
+class _Readings:
+    """A figure read at the end of each round (not its time): the trial's figure is the
+    median reading of the timed rounds (the last ones), ``info`` the medians of what was
+    noted beside it."""
+
+    def __init__(self) -> None:
+        self.values: List[float] = []
+        self.notes: List[Dict[str, float]] = []
+
+    def held(self, **notes: float) -> None:
+        """Read what the runtime holds in /dev/shm now (measure.shm_held)."""
+        held, rss = shm_held()
+        self.values.append(held / MiB)
+        self.notes.append(dict(rss_shmem_MiB=rss / MiB,
+                               machine_shmem_MiB=machine_shmem() / MiB, **notes))
+
+    def trial(self, run: Callable[[], None], **kw: Any) -> Trial:
+        def timed(items: List[Any]) -> List[Any]:
+            return items[-max(1, trial.timed_rounds):]
+
+        def figure(median: float) -> float:
+            return statistics.median(timed(self.values))
+
+        def info() -> Dict[str, Any]:
+            notes = timed(self.notes)
+            return {k: round(statistics.median(n[k] for n in notes), 1) for k in notes[0]}
+
+        trial = Trial(run, figure, info=info, **kw)
+        return trial
+
+
+def _store_notes(env: Any) -> Dict[str, float]:
+    """pygen: the object table and the warm window (the idle goal is tables + 64 MiB)."""
+    if env.name != "pygen":
+        return {}
+    import pygen.state
+    st = pygen.state.store_stats()
+    return {"tables_MiB": st["tables"] / MiB, "window_MiB": st["window"] / MiB}
+
+
+def _held_idle(env: Any, size: Size) -> Trial:
+    """Held ``seconds`` after a fresh ``init``, nothing stored."""
+    r = _Readings()
+
+    def run() -> None:
+        time.sleep(size.seconds)
+        r.held(**_store_notes(env))
+
+    return r.trial(run, setup=lambda: _fresh_runtime(env), close=env.shutdown)
+
+
+def _held_full(env: Any, size: Size) -> Trial:
+    """Held with n arrays stored (put one after the other, all kept)."""
+    r = _Readings()
+    src = _source(size.nbytes)
+    refs: List[Any] = []
+
+    def setup() -> None:
+        refs.clear()
+        _fresh_runtime(env)
+
+    def run() -> None:
+        refs.extend(env.api.put(src) for _ in range(size.n))
+        r.held()
+
+    def close() -> None:
+        refs.clear()
+        env.shutdown()
+    return r.trial(run, setup=setup, close=close)
+
+
+def _held_freed(env: Any, size: Size) -> Trial:
+    """n arrays stored (untimed), freed, then held ``seconds`` later (and at once)."""
+    r = _Readings()
+    src = _source(size.nbytes)
+    refs: List[Any] = []
+
+    def setup() -> None:
+        refs.clear()
+        _fresh_runtime(env)
+        refs.extend(env.api.put(src) for _ in range(size.n))
+
+    def run() -> None:
+        refs.clear()
+        gc.collect()
+        at_once, _ = shm_held()
+        time.sleep(size.seconds)
+        r.held(at_once_MiB=at_once / MiB)
+
+    return r.trial(run, setup=setup, close=env.shutdown)
+
+
+SHUTDOWN_STORE_BYTES = 3 << 30
+
+
+def _shutdown_full(env: Any, size: Size) -> Trial:
+    """``shutdown()`` with n arrays stored (a fresh runtime with a 3 GiB ceiling each round).
+    pygen unmaps a large arena in a detached thread: when its memory is back is noted."""
+    src = _source(size.nbytes)
+    refs: List[Any] = []
+    back: List[float] = []
+    started: List[float] = []
+
+    def memory_back() -> None:
+        if started:
+            env.settle()   # pygen: until the detached unmapping is done; Ray: its processes
+            back.append(time.perf_counter() - started.pop())
+
+    def setup() -> None:
+        memory_back()
+        refs.clear()
+        _fresh_runtime(env, SHUTDOWN_STORE_BYTES)
+        refs.extend(env.api.put(src) for _ in range(size.n))
+
+    def run() -> None:
+        started.append(time.perf_counter())
+        env.shutdown()
+
+    def close() -> None:
+        memory_back()
+        refs.clear()
+
+    def info() -> Dict[str, Any]:   # after the last round: its memory is waited for here
+        memory_back()
+        if not back:
+            return {}
+        return {"memory_back_s": round(statistics.median(back[-trial.timed_rounds:]), 3)}
+
+    trial = Trial(run, taken, setup=setup, close=close, info=info)
+    return trial
+
+
+def _footprint_workloads() -> List[Workload]:
+    def both(make: Callable[[Any, Size], Trial]) -> Tuple[Side, Side]:
+        # Ray's side starts a fresh Ray (seconds) each round: left to the full run (so is
+        # its repeated put, whose steady state takes 12 puts of 200 MB: seconds too)
+        return (Side(PYGEN, "pygen", make, cold=True),
+                Side(RAY, "ray", make, slow=True, cold=True, in_quick=False))
+
+    copy = Side(NUMPY_COPY, "plain", _numpy_copy)
+    fresh = (Side(FRESH_SHM_2, "plain", _fresh_shm_write(2)),
+             Side(FRESH_SHM_1, "plain", _fresh_shm_write(1)))
+    big = 200 * MB
+    return [
+        Workload("first_put", "first {mb} MB put, at once after init", "GB/s", True,
+                 Size(n=1, rounds=6, slow_rounds=3, warmup=1, slow_warmup=0, nbytes=big),
+                 Size(n=1, rounds=2, slow_rounds=1, warmup=0, slow_warmup=0, nbytes=big),
+                 both(_first_put(settled=False)) + (copy,) + fresh,
+                 goal=">= Ray, ~ fresh shm write with 2 threads",
+                 note="a fresh runtime each round; pygen's workers are still starting (two "
+                      "interpreters importing, on 2 CPUs) when its put runs"),
+        Workload("first_put_settled", "first {mb} MB put after init, its workers up", "GB/s",
+                 True,
+                 Size(n=1, rounds=6, slow_rounds=3, warmup=1, slow_warmup=0, nbytes=big),
+                 Size(n=1, rounds=2, slow_rounds=1, warmup=0, slow_warmup=0, nbytes=big),
+                 (Side(PYGEN, "pygen", _first_put(settled=True), cold=True),) + fresh,
+                 note="where Ray is when its init returns (its row above)"),
+        Workload("repeated_put", "repeated {mb} MB puts: r = put(a) in a loop", "GB/s", True,
+                 Size(n=1, rounds=20, slow_rounds=10, warmup=2, nbytes=big),
+                 Size(n=1, rounds=5, slow_rounds=3, nbytes=big),
+                 (Side(PYGEN, "pygen", _repeated_put_on),
+                  Side(RAY, "ray", _repeated_put_on, slow=True, in_quick=False), copy),
+                 goal=">= 0.8x np.copyto",
+                 note=f"timed after {REPEATED_PUT_WARMUP} untimed puts (the steady state)"),
+        Workload("held_idle", "held in /dev/shm {s} s after init", "MiB", False,
+                 Size(n=1, rounds=1, slow_rounds=1, warmup=0, slow_warmup=0, seconds=5.0),
+                 Size(n=1, rounds=1, slow_rounds=1, warmup=0, slow_warmup=0, seconds=2.0),
+                 both(_held_idle), goal="<= the object table + 64 MiB",
+                 note="held: bytes of the /dev/shm files the runtime's processes have open "
+                      "(what those files really hold, each once); pygen's object table in the "
+                      "JSON (tables_MiB)"),
+        Workload("held_full", "held with {n} x {mb} MB stored", "MiB", False,
+                 Size(n=10, rounds=1, slow_rounds=1, warmup=0, slow_warmup=0, nbytes=big),
+                 Size(n=5, rounds=1, slow_rounds=1, warmup=0, slow_warmup=0, nbytes=big),
+                 both(_held_full)),
+        Workload("held_freed", "held {s} s after freeing {n} x {mb} MB", "MiB", False,
+                 Size(n=10, rounds=1, slow_rounds=1, warmup=0, slow_warmup=0, nbytes=big,
+                      seconds=10.0),
+                 Size(n=5, rounds=1, slow_rounds=1, warmup=0, slow_warmup=0, nbytes=big,
+                      seconds=5.0),
+                 both(_held_freed), goal="memory goes back"),
+        Workload("shutdown_full", "shutdown with {n} x {mb} MB stored", "s", False,
+                 Size(n=10, rounds=4, slow_rounds=2, warmup=0, slow_warmup=0, nbytes=big),
+                 Size(n=5, rounds=1, slow_rounds=1, warmup=0, slow_warmup=0, nbytes=big),
+                 both(_shutdown_full), goal="< 100 ms",
+                 note="pygen: its arena unmapped by a detached thread after shutdown returns "
+                      "(memory_back_s in the JSON)"),
+    ]
+
+
 # == the list =================================================================================
 def _store_workloads() -> List[Workload]:
     out = []
@@ -541,10 +916,13 @@ WORKLOADS: List[Workload] = [
              Size(n=2_000, rounds=10, slow_rounds=3),
              Size(n=500, rounds=3, slow_rounds=1),
              _both(_serial) + (Side(MP, "multiprocessing", _serial_calls),
-                               Side(PIPE, "plain", _pipe)),
+                               Side(PIPE, "plain", _pipe), Side(SOCKET, "plain", _socket)),
              goal=">= 10x Ray",
-             note="multiprocessing: pool.apply; the floor is a 32-byte round trip between two "
-                  "processes over a socketpair"),
+             note="multiprocessing: pool.apply; the floors: a multiprocessing.Pipe ping-pong "
+                  "with a child process (send(i), recv()), and 32 bytes there and back over a "
+                  "raw socketpair; both sleep in recv, so on a VM whose idle CPUs halt they "
+                  "pay a wake-up each way: they run up to 2x faster on a busy machine than "
+                  "on an idle one"),
     Workload("tasks_bulk", "{n} tasks submitted, then one get", "/s", True,
              Size(n=10_000, rounds=5, slow_rounds=3, slow_warmup=1),
              Size(n=2_000, rounds=3, slow_rounds=1),
@@ -564,6 +942,32 @@ WORKLOADS: List[Workload] = [
              Size(n=1, rounds=30, slow_rounds=10, warmup=0, slow_warmup=0),
              _both(_first_item) + (Side(MP, "multiprocessing", _first_item_mp),),
              goal=">= 10x sooner than Ray"),
+    Workload("actor_serial", "actor calls one at a time: get(a.f.remote(i)), {n} a round", "/s",
+             True,
+             Size(n=2_000, rounds=10, slow_rounds=3),
+             Size(n=500, rounds=3, slow_rounds=1),
+             _both(_actor_serial) + (Side(PIPE, "plain", _pipe), Side(SOCKET, "plain", _socket)),
+             goal=">= 10x Ray; within 1.5x of the pipe round trip",
+             note="one sync actor, a no-op method; the floors as for tasks one at a time"),
+    Workload("actor_bulk", "{n} actor calls submitted, then one get", "/s", True,
+             Size(n=10_000, rounds=5, slow_rounds=3, slow_warmup=1),
+             Size(n=2_000, rounds=3, slow_rounds=1),
+             _both(_actor_bulk(tasks.Echo)), goal=">= 10x Ray"),
+    Workload("async_actor_bulk", "{n} calls of an async actor (async def no-op), then one get",
+             "/s", True,
+             Size(n=10_000, rounds=5, slow_rounds=3, slow_warmup=1),
+             Size(n=2_000, rounds=3, slow_rounds=1),
+             _both(_actor_bulk(tasks.AsyncEcho)), goal=">= 10x Ray"),
+    Workload("actor_stream_items", "actor generator method: next + get, {n} small ints", "/s",
+             True,
+             Size(n=50_000, rounds=5, slow_rounds=3, warmup=0, slow_warmup=0),
+             Size(n=10_000, rounds=3, slow_rounds=1, warmup=0, slow_warmup=0),
+             _both(_actor_stream(tasks.Echo)), goal=">= 10x Ray"),
+    Workload("async_actor_stream_items",
+             "async actor's async generator: next + get, {n} small ints", "/s", True,
+             Size(n=50_000, rounds=5, slow_rounds=3, warmup=0, slow_warmup=0),
+             Size(n=10_000, rounds=3, slow_rounds=1, warmup=0, slow_warmup=0),
+             _both(_actor_stream(tasks.AsyncEcho)), goal=">= 10x Ray"),
     # the memory pattern runs before the large items, whose workers keep a source array
     Workload("memory_list", "peak worker RssAnon: a list of {n} x {mb} MB", "MiB", False,
              Size(n=20, rounds=3, slow_rounds=3, nbytes=50 * MB),
@@ -587,7 +991,7 @@ WORKLOADS: List[Workload] = [
              Size(n=1, rounds=20, slow_rounds=10, warmup=2, nbytes=100 * MB),
              Size(n=1, rounds=5, slow_rounds=3, nbytes=100 * MB),
              _both(_api_put) + (Side(NUMPY_COPY, "plain", _numpy_copy),)),
-] + _store_workloads()
+] + _footprint_workloads() + _store_workloads()
 
 
 def find(key: str) -> Workload:
@@ -638,4 +1042,5 @@ def plan(quick: bool = False, only: Optional[Sequence[str]] = None,
             if side.env == env]
 
 
-__all__ = ["Size", "Trial", "Side", "Workload", "Case", "WORKLOADS", "COLUMNS", "plan", "find"]
+__all__ = ["Size", "Trial", "Side", "Workload", "Case", "WORKLOADS", "COLUMNS", "FLOORS", "plan",
+           "find"]
