@@ -21,7 +21,7 @@ from pygen.exceptions import (ActorDiedError, GetTimeoutError, ObjectLostError,
                               ObjectStoreFullError, OutOfMemoryError, PygenError, TaskError,
                               TaskCancelledError, WorkerCrashedError)
 
-from conftest import STORE, assert_clean_after_shutdown, ray_available, run_python, wait_file, \
+from conftest import STORE, assert_clean_after_shutdown, ray_available, run_python, \
     wait_until
 
 T = 60  # a bound on waits that should end at once: liveness, never speed

@@ -12,7 +12,7 @@ import time
 import pytest
 
 import pygen
-from pygen.exceptions import TaskCancelledError, TaskError, WorkerCrashedError
+from pygen.exceptions import TaskCancelledError, WorkerCrashedError
 
 from conftest import child_pids, wait_until
 

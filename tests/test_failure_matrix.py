@@ -568,7 +568,7 @@ def test_actor_body_crash(how):
     a = Actor.remote()
     check(raised_by(get, a.body.remote(how)), ActorDiedError,
           "the call Actor.body was in flight (the actor died while running)",
-          f"the actor process (pid", EXITS[how].replace("it ", "", 1))
+          "the actor process (pid", EXITS[how].replace("it ", "", 1))
 
 
 def test_actor_body_memory():

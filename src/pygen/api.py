@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import atexit
-import math
 import numbers
 import os
 import threading
 from typing import (TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator, List, Optional,
                     Sequence, Tuple, Type, TypeVar, Union, overload)
 
-from . import context, ids, options
+from . import context, options
 from ._typing import C, P, T, Y
 from .generators import ObjectRefGenerator
 from .object_ref import ObjectRef

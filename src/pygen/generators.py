@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, List, Optional, Tuple
 
-from . import context, ids, options, serialization
+from . import ids, options, serialization
 from ._typing import Y_co
 from .object_ref import ObjectRef, _rebuild
 

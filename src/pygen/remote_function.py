@@ -3,15 +3,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from typing import Any, Dict, Generic, List, Optional, Tuple, Union, overload
+from typing import Any, Dict, Generic, Optional, Tuple, Union, overload
 
 
 from . import context, options, serialization
 from ._typing import P, R
 from .callables import is_generator_function
 from .core import protocol
-from .generators import ObjectRefGenerator
-from .object_ref import ObjectRef
 
 _KINDS = {"dynamic": protocol.RETURNS_DYNAMIC, "streaming": protocol.RETURNS_STREAMING}
 

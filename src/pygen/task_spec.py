@@ -7,7 +7,7 @@ top-level ``ObjectRef`` replaced by ``DepArg(i)``; ``deps[i]`` is that ref's id.
 """
 from __future__ import annotations
 
-from typing import Any, List, NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 from . import ids, serialization
 from .core import protocol

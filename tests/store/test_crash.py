@@ -5,7 +5,6 @@ consistent (`check()`), every sealed object intact (checksums), the statistics a
 up, and must go on allocating."""
 from __future__ import annotations
 
-import os
 import random
 import signal
 import time

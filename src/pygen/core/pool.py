@@ -23,7 +23,6 @@ import sys
 import time
 from typing import TYPE_CHECKING, Callable, Deque, Dict, Iterator, List, Optional
 
-from ..exceptions import WorkerCrashedError
 from . import output, protocol, workers
 from .transport import ConnectionClosed
 

@@ -316,6 +316,11 @@ class RayRuntime:
         while time.monotonic() < deadline:
             try:
                 pid = ray.get(backing._pygen_pid.remote(), timeout=KILL_TIMEOUT)
+            except ray.exceptions.ActorUnavailableError:
+                # restarting: Ray fails calls sent now (without task retries) instead of
+                # queueing them as pygen does, so return only once the new process answers
+                time.sleep(0.01)
+                continue
             except Exception:
                 return  # the actor is dead
             if pid != before:
